@@ -1,0 +1,37 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+# The test/CI path pins the CPU wheel; users may override, e.g. `make demo TORCH_SPEC='torch>=2.2'`.
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo_output
+
+.PHONY: demo test install clean help
+
+help:
+	@echo "make demo  - install into .venv and run the demo (phantom -> segmentation -> report)"
+	@echo "make test  - install test extras into .venv and run the whole test suite"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/nudf demo --out $(DEMO_OUT)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest Testing -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
