@@ -1,0 +1,237 @@
+"""Small, exact mesh utilities shared by sampling, meshing, metrics and tests.
+
+Everything here works on triangle ``vtkPolyData`` in one frame (LPS mm in the engine) and returns numpy arrays.
+Distances are exact point-to-triangle distances (vtkStaticCellLocator), never distances to vertices or voxels.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+from .io import make_polydata, polydata_points, polydata_triangles
+
+
+def cell_locator(mesh: vtk.vtkPolyData) -> vtk.vtkStaticCellLocator:
+    """A built static cell locator (reuse it when querying the same mesh many times)."""
+    loc = vtk.vtkStaticCellLocator()
+    loc.SetDataSet(mesh)
+    loc.BuildLocator()
+    return loc
+
+
+def point_to_mesh_distance(
+    mesh: vtk.vtkPolyData, points: np.ndarray, locator: vtk.vtkStaticCellLocator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact unsigned distance from each point (N, 3) to the triangles of ``mesh``, and the closest points.
+
+    Uses vtkImplicitPolyDataDistance's vectorised evaluation when possible (fast, exact); falls back to the
+    cell locator (which returns squared distances) for the closest points.
+    """
+    pts = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
+    n = len(pts)
+    if n == 0:
+        return np.zeros(0), np.zeros((0, 3))
+    if mesh.GetNumberOfCells() == 0:
+        raise ValueError("point_to_mesh_distance: the mesh has no cells.")
+    loc = locator if locator is not None else cell_locator(mesh)
+    dist = np.empty(n)
+    closest = np.empty((n, 3))
+    c = [0.0, 0.0, 0.0]
+    cid = vtk.reference(0)
+    sid = vtk.reference(0)
+    d2 = vtk.reference(0.0)
+    cell = vtk.vtkGenericCell()
+    for i in range(n):
+        loc.FindClosestPoint(pts[i], c, cell, cid, sid, d2)
+        dist[i] = d2.get()
+        closest[i] = c
+    return np.sqrt(np.maximum(dist, 0.0)), closest
+
+
+def unsigned_distance(mesh: vtk.vtkPolyData, points: np.ndarray) -> np.ndarray:
+    """Exact unsigned point-to-surface distance, vectorised through vtkImplicitPolyDataDistance (fast path)."""
+    pts = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(pts) == 0:
+        return np.zeros(0)
+    impl = vtk.vtkImplicitPolyDataDistance()
+    impl.SetInput(mesh)
+    out = vtk.vtkDoubleArray()
+    impl.FunctionValue(numpy_support.numpy_to_vtk(pts, deep=True), out)
+    return np.abs(numpy_support.vtk_to_numpy(out).astype(np.float64))
+
+
+def triangle_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area of each triangle."""
+    a, b, c = (points[triangles[:, i]] for i in range(3))
+    return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+
+
+def mesh_area(mesh: vtk.vtkPolyData) -> float:
+    """Total surface area (mm²)."""
+    return float(triangle_areas(polydata_points(mesh), polydata_triangles(mesh)).sum())
+
+
+def face_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Unit normal of each triangle from its winding (zero for degenerate faces)."""
+    a, b, c = (points[triangles[:, i]] for i in range(3))
+    n = np.cross(b - a, c - a)
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    return np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
+
+
+def sample_surface(
+    mesh: vtk.vtkPolyData, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area-weighted uniform samples on the surface: (points, face normals, face ids)."""
+    pts = polydata_points(mesh)
+    tris = polydata_triangles(mesh)
+    areas = triangle_areas(pts, tris)
+    if areas.sum() <= 0:
+        raise ValueError("sample_surface: the mesh has zero area.")
+    rng = np.random.default_rng(seed)
+    fid = rng.choice(len(tris), size=n, p=areas / areas.sum())
+    r1 = np.sqrt(rng.random(n))
+    r2 = rng.random(n)
+    a, b, c = (pts[tris[fid, i]] for i in range(3))
+    samples = (1 - r1)[:, None] * a + (r1 * (1 - r2))[:, None] * b + (r1 * r2)[:, None] * c
+    return samples, face_normals(pts, tris)[fid], fid
+
+
+def edge_face_counts(triangles: np.ndarray) -> dict[tuple[int, int], int]:
+    """How many faces use each undirected edge."""
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    for t in triangles:
+        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
+            counts[(min(a, b), max(a, b))] += 1
+    return counts
+
+
+def boundary_edges(triangles: np.ndarray) -> np.ndarray:
+    """Undirected edges (E, 2) used by exactly one face."""
+    e = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    e.sort(axis=1)
+    uniq, cnt = np.unique(e, axis=0, return_counts=True)
+    return uniq[cnt == 1]
+
+
+def non_manifold_edge_count(triangles: np.ndarray) -> int:
+    """Number of edges shared by more than two faces."""
+    e = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    e.sort(axis=1)
+    _, cnt = np.unique(e, axis=0, return_counts=True)
+    return int((cnt > 2).sum())
+
+
+def boundary_loops(mesh: vtk.vtkPolyData) -> list[np.ndarray]:
+    """Closed boundary loops as ordered arrays of point ids, longest first.
+
+    A boundary edge belongs to one face only; loops are traced by walking boundary edges (vertices where
+    several loops touch are handled by taking edges in order of discovery).
+    """
+    tris = polydata_triangles(mesh)
+    if len(tris) == 0:
+        return []
+    edges = boundary_edges(tris)
+    adj: dict[int, list[int]] = defaultdict(list)
+    for a, b in edges:
+        adj[int(a)].append(int(b))
+        adj[int(b)].append(int(a))
+    used: set[tuple[int, int]] = set()
+    loops: list[np.ndarray] = []
+    for a, b in edges:
+        key = (int(a), int(b))
+        if key in used:
+            continue
+        used.add(key)
+        loop = [int(a), int(b)]
+        prev, cur = int(a), int(b)
+        while cur != loop[0]:
+            nxt = None
+            for c in adj[cur]:
+                k = (min(cur, c), max(cur, c))
+                if k not in used and c != prev:
+                    nxt = c
+                    used.add(k)
+                    break
+            if nxt is None:
+                for c in adj[cur]:  # close back to start through an already-seen edge
+                    if c == loop[0] and (min(cur, c), max(cur, c)) in used and len(loop) > 2:
+                        nxt = c
+                        break
+            if nxt is None:
+                break
+            prev, cur = cur, nxt
+            if cur != loop[0]:
+                loop.append(cur)
+        loops.append(np.array(loop, dtype=np.int64))
+    loops.sort(key=len, reverse=True)
+    return loops
+
+
+def loop_length(points: np.ndarray, loop: np.ndarray) -> float:
+    """Perimeter of a closed loop of point ids (mm)."""
+    p = points[loop]
+    return float(np.linalg.norm(np.roll(p, -1, axis=0) - p, axis=1).sum())
+
+
+def connected_components(mesh: vtk.vtkPolyData) -> np.ndarray:
+    """Component label per triangle (faces connected through shared vertices), labels by decreasing size."""
+    tris = polydata_triangles(mesh)
+    n_pts = mesh.GetNumberOfPoints()
+    if len(tris) == 0:
+        return np.zeros(0, dtype=np.int64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as cc
+
+    rows = np.repeat(np.arange(len(tris)), 3)
+    m = coo_matrix((np.ones(len(rows)), (rows, tris.ravel())), shape=(len(tris), n_pts)).tocsr()
+    face_adj = m @ m.T
+    _, labels = cc(face_adj, directed=False)
+    order = np.argsort(-np.bincount(labels))
+    remap = np.empty_like(order)
+    remap[order] = np.arange(len(order))
+    return remap[labels]
+
+
+def submesh(mesh: vtk.vtkPolyData, face_mask: np.ndarray) -> vtk.vtkPolyData:
+    """The faces selected by ``face_mask`` with unused points removed (point data is not kept)."""
+    pts = polydata_points(mesh)
+    tris = polydata_triangles(mesh)[np.asarray(face_mask, bool)]
+    used, inv = np.unique(tris.ravel(), return_inverse=True)
+    return make_polydata(pts[used], inv.reshape(-1, 3))
+
+
+def keep_largest_component(mesh: vtk.vtkPolyData) -> vtk.vtkPolyData:
+    """The largest face-connected component."""
+    labels = connected_components(mesh)
+    return submesh(mesh, labels == 0) if len(labels) else mesh
+
+
+def back_to_back_face_pairs(mesh: vtk.vtkPolyData, tol_mm: float | None = None) -> int:
+    """Count pairs of faces lying on top of each other with opposite orientation (a double layer).
+
+    Two faces count as a pair when one's centroid lies within ``tol_mm`` of the other face's plane *and* of
+    the other face itself, and their normals are opposite (dot < -0.9). Shared-edge neighbours on a flat
+    sheet have equal, not opposite, normals, so a single layer scores 0. Default tolerance: 1/4 of the
+    median edge length.
+    """
+    pts = polydata_points(mesh)
+    tris = polydata_triangles(mesh)
+    if len(tris) < 2:
+        return 0
+    normals = face_normals(pts, tris)
+    cent = pts[tris].mean(axis=1)
+    if tol_mm is None:
+        e = np.linalg.norm(pts[tris[:, 0]] - pts[tris[:, 1]], axis=1)
+        tol_mm = 0.25 * float(np.median(e))
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(cent)
+    pairs = tree.query_pairs(r=max(tol_mm, 1e-9), output_type="ndarray")
+    if len(pairs) == 0:
+        return 0
+    dots = np.einsum("ij,ij->i", normals[pairs[:, 0]], normals[pairs[:, 1]])
+    return int((dots < -0.9).sum())
