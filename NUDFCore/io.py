@@ -225,6 +225,14 @@ def _atomic_target(p: Path) -> Path:
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a volume (NIfTI/NRRD/MHA), compressed; geometry is stored in LPS as these formats require."""
     p = check_output_path(path, VOLUME_EXTENSIONS, overwrite)
+    if _has_ext(p, (".mhd", ".nhdr")):
+        # Detached header: the header names its data file, so write in place (no temp-file rename).
+        try:
+            sitk.WriteImage(volume.to_sitk(), str(p), useCompression=True)
+        except RuntimeError as exc:
+            p.unlink(missing_ok=True)
+            raise ImageReadError(f"Cannot write {p}: {exc}") from exc
+        return p
     tmp = _atomic_target(p)
     try:
         sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=True)
@@ -329,6 +337,8 @@ def write_mesh(
         writer.SetHeader(tag)
     elif ext == ".vtk":
         writer.SetHeader(tag)
+    elif ext == ".ply":
+        writer.AddComment(tag)
     tmp = _atomic_target(p)
     try:
         writer.SetFileName(str(tmp))
