@@ -39,8 +39,159 @@ def _run_phantom(args: argparse.Namespace) -> int:
     raise NUDFError("phantom generation is not implemented yet")
 
 
+# ------------------------------------------------------------------------------------------ segment
+def _parse_point(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers x,y,z in mm; got {text!r}")
+    return vals
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment the LAA of a CT from one seed point and write its open surface mesh",
+        description="Segment the left atrial appendage from a contrast-enhanced cardiac CT, given one point "
+        "inside the LAA, and write the open LAA surface (cut at the ostium) as STL/VTP/OBJ/PLY. "
+        "Nothing is written when the input is unusable or no trustworthy surface is found.",
+        epilog=EPILOG + " Example: nudf segment ct.nii.gz --seed-lps=-12.5,30,88 --out laa.stl (write --seed-lps=... with an equals sign when the first coordinate is negative).",
+    )
+    p.add_argument("ct", type=Path, help="CT file (.nii/.nii.gz/.nrrd/.mha/.mhd) or DICOM series folder")
+    seed = p.add_mutually_exclusive_group(required=True)
+    seed.add_argument("--seed-lps", type=_parse_point, metavar="X,Y,Z", help="seed inside the LAA, LPS mm (as ITK/DICOM)")
+    seed.add_argument("--seed-ras", type=_parse_point, metavar="X,Y,Z", help="seed inside the LAA, RAS mm (as shown in Slicer)")
+    p.add_argument("--out", required=True, type=Path, help="output mesh; format from the extension (.stl .vtp .obj .ply .vtk)")
+    p.add_argument("--frame", choices=["lps", "ras"], default="lps", help="coordinate frame of the written mesh (default: lps, as Slicer writes STL)")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: $NUDF_MODEL or the bundled model)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the network runs (default: auto = CUDA when present)")
+    p.add_argument("--resolution", type=float, default=0.25, metavar="MM", help="final surface-extraction grid in mm (default: 0.25)")
+    p.add_argument("--smoothing", type=float, default=0.0, metavar="S", help="windowed-sinc smoothing strength 0..1 (default: 0 = off; does not shrink)")
+    p.add_argument("--decimate", type=float, default=0.0, metavar="F", help="fraction of triangles to remove, 0..0.9 (default: 0)")
+    p.add_argument("--series-uid", default=None, help="DICOM series to read when the folder holds several")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--progress-format", choices=["text", "json", "none"], default="text",
+                   help="progress on stderr as bars (text), one JSON object per line on stdout (json, for programs), or none")
+    p.set_defaults(func=_run_segment)
+
+
+class _TextProgress:
+    """A tqdm bar per stage on stderr."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar = None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=100, desc=stage, unit="%", leave=False, file=sys.stderr,
+                            bar_format="{desc:<32} {percentage:3.0f}%|{bar}| {elapsed}")
+        target = int(round(100 * fraction))
+        if self.bar is not None and target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _json_progress(stage: str, fraction: float) -> None:
+    import json
+
+    print(json.dumps({"stage": stage, "fraction": round(fraction, 4)}), flush=True)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    import json
+
+    from .infer import SegmentOptions, segment
+    from .io import MESH_EXTENSIONS, check_output_path, read_volume, write_mesh
+
+    out = check_output_path(args.out, MESH_EXTENSIONS, overwrite=args.force)  # fail before any work
+    text_progress = _TextProgress() if args.progress_format == "text" else None
+    progress = {"text": text_progress, "json": _json_progress, "none": None}[args.progress_format]
+    options = SegmentOptions(resolution_mm=args.resolution, device=args.device, smoothing=args.smoothing,
+                             decimate=args.decimate, progress=progress)
+    options.check()
+    try:
+        ct = read_volume(args.ct, series_uid=args.series_uid)
+        result = segment(ct, seed_lps=args.seed_lps, seed_ras=args.seed_ras, model=args.model, options=options)
+    finally:
+        if text_progress is not None:
+            text_progress.close()
+    write_mesh(result.mesh_lps, out, frame=args.frame, overwrite=args.force)
+    if args.progress_format == "json":
+        summary = {"out": str(out), "frame": args.frame, "timings": result.timings,
+                   "peak_memory_mb": result.peak_memory_mb, "quality": result.quality}
+        print(json.dumps({"done": True, "summary": summary}), flush=True)
+    else:
+        print(f"Wrote {out} ({args.frame.upper()}): {result.summary()}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="compare a predicted mesh with a ground-truth mesh (surface distances in mm)",
+        description="Surface metrics between two meshes by dense area-weighted sampling and exact "
+        "point-to-triangle distances: symmetric mean surface distance, RMS, HD95 (max of the two directed "
+        "95th percentiles), Hausdorff, Chamfer-L1 (sum of the two directed means), normal consistency, "
+        "ostium rim (longest boundary loop) distance, and the predicted area farther than 3 mm from the GT.",
+        epilog=EPILOG,
+    )
+    p.add_argument("pred", type=Path, help="predicted mesh (STL, VTP, OBJ, PLY, VTK)")
+    p.add_argument("gt", type=Path, help="ground-truth mesh")
+    p.add_argument("--frame-pred", choices=("lps", "ras"), default=None,
+                   help="frame of PRED's points (default: the file's SPACE tag, LPS when untagged)")
+    p.add_argument("--frame-gt", choices=("lps", "ras"), default=None,
+                   help="frame of GT's points (default: the file's SPACE tag, LPS when untagged)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    p.add_argument("--csv", type=Path, default=None, help="write the figures as a one-row CSV table")
+    p.add_argument("--append", action="store_true", help="append the row to an existing --csv table")
+    p.add_argument("--samples", type=int, default=50_000, help="samples per mesh (default: 50000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="CT voxel spacing in mm: also report the distances in voxel units")
+    p.add_argument("--false-threshold", type=float, default=3.0,
+                   help="distance (mm) beyond which predicted area counts as false (default: 3)")
+    p.add_argument("--case", default="", help="case name stored in the JSON/CSV row")
+    p.add_argument("--force", action="store_true", help="overwrite existing JSON/CSV outputs")
+    p.set_defaults(func=_run_evaluate, command_name="evaluate")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .errors import OutputExistsError
+    from .io import read_mesh
+    from .metrics import format_table, surface_metrics, write_csv
+
+    for out in (args.json, args.csv):  # refuse before the work, not after
+        if out is not None and out.exists() and not args.force and not (out == args.csv and args.append):
+            raise OutputExistsError(f"{out} already exists; pass --force to replace it.")
+    pred = read_mesh(args.pred, frame=args.frame_pred)
+    gt = read_mesh(args.gt, frame=args.frame_gt)
+    m = surface_metrics(pred, gt, n_samples=args.samples, seed=args.seed, spacing_mm=args.spacing,
+                        false_area_threshold_mm=args.false_threshold, case=args.case)
+    print(f"{args.pred.name} vs {args.gt.name}")
+    print(format_table(m))
+    if args.json is not None:
+        m.to_json(args.json, overwrite=args.force)
+        print(f"wrote {args.json}")
+    if args.csv is not None:
+        write_csv([m], args.csv, overwrite=args.force, append=args.append)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ registry
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NUDFError as exc:
-        print(f"nudf {getattr(args, 'command_name', '')}: error: {exc}".replace("  ", " "), file=sys.stderr)
+        name = args.func.__name__.removeprefix("_run_")
+        print(f"nudf {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nudf: interrupted", file=sys.stderr)

@@ -1,0 +1,433 @@
+"""Segment the LAA: a CT and one seed point in, an open LAA surface mesh (LPS mm) out.
+
+Pipeline: validate the input (a CT in HU, a seed inside the body) → crop a cube around the seed → encode it
+once → evaluate the network's unsigned distance field coarse-to-fine only near the surface → mesh the
+field as a single open sheet (pseudo-sign marching cubes) → keep the sheet around the seed → optional
+smoothing/decimation. A clinician's seed need not be at the LAA centre, so when the first surface's centre
+lies away from the crop centre the crop is re-centred on it and the field evaluated again (two passes).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import vtk
+
+from .crop import CropGeometry, HUWindow, extract_crop, subvolume_around
+from .errors import CheckpointError, InputError, SegmentationError
+from .frames import to_lps
+from .io import Volume, polydata_points, polydata_triangles
+from . import meshtools
+
+ProgressFn = Callable[[str, float], None]
+
+#: Where the bundled model lives, relative to the NUDFCore package (source tree, then installed extension).
+_MODEL_FILE = "nudf_laa.pt"
+_MODEL_SEARCH = (
+    Path("..") / "NUDFSegmentation" / "Resources" / "Models" / _MODEL_FILE,  # source checkout
+    Path("..") / "Resources" / "Models" / _MODEL_FILE,  # installed Slicer extension (NUDFCore beside the module)
+    Path("Resources") / "Models" / _MODEL_FILE,
+)
+
+
+def default_model_path() -> Path:
+    """The model used when none is given: ``$NUDF_MODEL`` if set, else the bundled one.
+
+    Raises :class:`CheckpointError` with the places searched when there is none (weights are never
+    downloaded at run time).
+    """
+    env = os.environ.get("NUDF_MODEL")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise CheckpointError(f"NUDF_MODEL points to {p}, which is not a file.")
+        return p
+    here = Path(__file__).resolve().parent
+    candidates = [(here / rel).resolve() for rel in _MODEL_SEARCH]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise CheckpointError(
+        "No model given and no bundled model found (looked for "
+        + ", ".join(str(c) for c in candidates)
+        + "). Pass --model / model=..., or set NUDF_MODEL."
+    )
+
+
+# ------------------------------------------------------------------------------------------- options
+@dataclass
+class SegmentOptions:
+    """Knobs of :func:`segment`; the defaults suit a cardiac CTA."""
+
+    resolution_mm: float = 0.25
+    """Final grid resolution of the surface extraction (mm)."""
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu' or 'cuda'."""
+    smoothing: float = 0.0
+    """0 = off; 0..1 = strength of windowed-sinc smoothing (does not shrink the surface)."""
+    decimate: float = 0.0
+    """Fraction of triangles to remove (0 = off, at most 0.9)."""
+    crop_center_lps: np.ndarray | None = None
+    """Override the crop centre (e.g. the centre of a user-drawn ROI); disables re-centring."""
+    crop_size_mm: float | None = None
+    """Override the crop size; None = the model's training crop size (recommended)."""
+    two_pass: bool = True
+    """Re-centre the crop on the first pass's surface and evaluate again when it is off-centre."""
+    coarse_resolution_mm: float | None = None
+    """First level of the adaptive evaluation (default: about 8× the final resolution)."""
+    face_filter: float = 0.5
+    """Drop faces whose vertices' predicted distance exceeds this × resolution (noise tolerance)."""
+    min_component_fraction: float = 0.02
+    """Drop mesh fragments smaller than this fraction of the main sheet's area."""
+    chunk_size: int | None = None
+    """Decoder batch size; None = chosen from the free memory."""
+    progress: ProgressFn | None = None
+    cancel: Callable[[], bool] | None = None
+
+    def check(self) -> None:
+        if not (0.05 <= float(self.resolution_mm) <= 5.0):
+            raise InputError(f"resolution_mm must be between 0.05 and 5 mm; got {self.resolution_mm}.")
+        if not (0.0 <= float(self.smoothing) <= 1.0):
+            raise InputError(f"smoothing must be between 0 and 1; got {self.smoothing}.")
+        if not (0.0 <= float(self.decimate) <= 0.9):
+            raise InputError(f"decimate must be between 0 and 0.9; got {self.decimate}.")
+        if self.crop_size_mm is not None and not (20.0 <= float(self.crop_size_mm) <= 300.0):
+            raise InputError(f"crop_size_mm must be between 20 and 300 mm; got {self.crop_size_mm}.")
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`segment` returns: the mesh (LPS mm) and how it was obtained."""
+
+    mesh_lps: vtk.vtkPolyData
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float = 0.0
+    quality: dict = field(default_factory=dict)
+    seed_lps: np.ndarray | None = None
+    crop_center_lps: np.ndarray | None = None
+
+    def summary(self) -> str:
+        q = self.quality
+        return (
+            f"{self.timings.get('total', 0.0):.1f} s, {q.get('n_vertices', 0)} vertices, "
+            f"{q.get('n_faces', 0)} faces, {q.get('boundary_loops', 0)} boundary loop(s), "
+            f"mean predicted distance {q.get('mean_predicted_distance_mm', float('nan')):.3f} mm"
+        )
+
+
+class _Stages:
+    """Timings, progress reporting and cancellation in one place."""
+
+    def __init__(self, progress: ProgressFn | None, cancel: Callable[[], bool] | None) -> None:
+        self.timings: dict[str, float] = {}
+        self._progress = progress
+        self._cancel = cancel
+
+    def report(self, stage: str, fraction: float) -> None:
+        self.check_cancel()
+        if self._progress is not None:
+            self._progress(stage, float(min(max(fraction, 0.0), 1.0)))
+
+    def check_cancel(self) -> None:
+        if self._cancel is not None and self._cancel():
+            from .errors import SegmentationCancelled
+
+            raise SegmentationCancelled("Segmentation cancelled.")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.report(name, 0.0)
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        self.report(name, 1.0)
+
+
+# ------------------------------------------------------------------------------------------- checks
+#: Plausibility limits for a CT in Hounsfield units.
+_HU_AIR_MAX = -500.0  # a chest CT always contains lung/air darker than this
+_HU_CONTRAST_MIN = 100.0  # and tissue/contrast brighter than this
+_SEED_AIR_HU = -300.0  # a seed darker than this (mean of its neighbourhood) is in lung/air
+
+
+def check_ct_plausible(ct: Volume) -> None:
+    """Refuse images that cannot be a CT in HU (an MR image, a mask, a normalised array)."""
+    arr = ct.array
+    step = max(1, int(round((arr.size / 2e6) ** (1 / 3))))
+    sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float32)
+    p1, p99 = np.percentile(sample, [1, 99])
+    if not (p1 <= _HU_AIR_MAX and p99 >= _HU_CONTRAST_MIN):
+        raise SegmentationError(
+            "This image does not look like a CT in Hounsfield units (1st/99th percentiles "
+            f"{p1:.0f}/{p99:.0f}; a chest CT has air below {_HU_AIR_MAX:.0f} HU and tissue above "
+            f"{_HU_CONTRAST_MIN:.0f} HU). NUDF segments contrast-enhanced cardiac CT only."
+        )
+
+
+def _seed_hu(ct: Volume, seed_lps: np.ndarray) -> float:
+    """Mean HU in a ~3 mm neighbourhood of the seed (robust to noise)."""
+    ijk = np.round(ct.lps_to_index(seed_lps)).astype(int)
+    r = np.maximum(1, np.round(1.5 / ct.spacing).astype(int))
+    size = np.array(ct.size_ijk)
+    lo = np.clip(ijk - r, 0, size - 1)
+    hi = np.clip(ijk + r + 1, 1, size)
+    block = ct.array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+    return float(np.mean(block)) if block.size else float("nan")
+
+
+def resolve_seed(ct: Volume, seed_lps=None, seed_ras=None) -> np.ndarray:
+    """The seed in LPS, checked to lie inside the CT and inside the body (not in air)."""
+    if (seed_lps is None) == (seed_ras is None):
+        raise InputError("Give exactly one seed: seed_lps=... or seed_ras=... (the frame must be explicit).")
+    raw = seed_lps if seed_lps is not None else seed_ras
+    try:
+        seed = to_lps(np.asarray(raw, dtype=np.float64).reshape(3), "lps" if seed_lps is not None else "ras")
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"The seed must be three numbers (x, y, z in mm); got {raw!r}.") from exc
+    if not np.all(np.isfinite(seed)):
+        raise InputError(f"The seed must be finite; got {raw!r}.")
+    if not bool(ct.contains_lps(seed)):
+        lo, hi = ct.bounds_lps()
+        raise InputError(
+            f"The seed {np.round(seed, 1).tolist()} (LPS) lies outside the CT volume "
+            f"(LPS bounds {np.round(lo, 1).tolist()} .. {np.round(hi, 1).tolist()})."
+        )
+    hu = _seed_hu(ct, seed)
+    if hu < _SEED_AIR_HU:
+        raise SegmentationError(
+            f"The seed lies in air or lung (mean {hu:.0f} HU around it), not in the heart: place it inside "
+            "the contrast-filled left atrial appendage."
+        )
+    return seed
+
+
+# ------------------------------------------------------------------------------------------- memory
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
+    except ImportError:  # Windows
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2**20
+
+
+def _choose_chunk(device, n_features: int) -> int:
+    """Decoder batch size from free memory: ~10 % of it for the per-query activations."""
+    import psutil
+    import torch
+
+    per_query = max(1, n_features) * 4 * 6  # features + a few hidden layers, float32, with slack
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = psutil.virtual_memory().available
+    return int(np.clip(0.1 * free / per_query, 4096, 262_144))
+
+
+# ------------------------------------------------------------------------------------------- field
+class NetworkField:
+    """The network's unsigned distance field around one crop, callable on LPS points (numpy in/out).
+
+    The crop is encoded once; every call only runs the pointwise decoder, in chunks.
+    """
+
+    def __init__(self, model, volume_sitk, geometry: CropGeometry, window: HUWindow, device, chunk: int):
+        import torch
+
+        self.model = model
+        self.geometry = geometry
+        self.device = device
+        self.chunk = chunk
+        crop = extract_crop(volume_sitk, geometry, window)
+        with torch.no_grad():
+            t = torch.from_numpy(crop)[None, None].to(device)
+            self.features = model.encode(t)
+
+    def _norm(self, points_lps: np.ndarray):
+        import torch
+
+        q = self.geometry.lps_to_normalized(np.asarray(points_lps, dtype=np.float64).reshape(-1, 3))
+        return torch.from_numpy(q.astype(np.float32))[None].to(self.device)
+
+    def udf(self, points_lps: np.ndarray) -> np.ndarray:
+        if len(points_lps) == 0:
+            return np.zeros(0)
+        u = self.model.query(self.features, self._norm(points_lps), chunk_size=self.chunk)
+        return u[0].detach().float().cpu().numpy().astype(np.float64)
+
+    def udf_grad(self, points_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(points_lps) == 0:
+            return np.zeros(0), np.zeros((0, 3))
+        u, g = self.model.query_with_grad(self.features, self._norm(points_lps), chunk_size=self.chunk)
+        u = u[0].detach().float().cpu().numpy().astype(np.float64)
+        g = self.geometry.normalized_gradient_to_lps(g[0].detach().float().cpu().numpy())
+        return u, g
+
+
+# ------------------------------------------------------------------------------------------- segment
+def load_model(model, device):
+    """Accept a loaded network, a checkpoint path, or None (the default model)."""
+    from .model import NUDFNet, load_checkpoint
+
+    if model is None:
+        model = default_model_path()
+    if isinstance(model, (str, os.PathLike)):
+        return load_checkpoint(Path(model), device=device)
+    if isinstance(model, NUDFNet):
+        return model.to(device).eval()
+    raise InputError(f"model must be a checkpoint path or an NUDFNet; got {type(model).__name__}.")
+
+
+def _surface_centre(mesh: vtk.vtkPolyData) -> np.ndarray:
+    pts = polydata_points(mesh)
+    tris = polydata_triangles(mesh)
+    areas = meshtools.triangle_areas(pts, tris)
+    cent = pts[tris].mean(axis=1)
+    return (cent * areas[:, None]).sum(axis=0) / max(areas.sum(), 1e-12)
+
+
+def segment(
+    ct: Volume,
+    *,
+    seed_lps=None,
+    seed_ras=None,
+    model=None,
+    options: SegmentOptions | None = None,
+) -> SegmentationResult:
+    """Segment the LAA around a seed and return its open surface (LPS mm).
+
+    ``ct`` is a :class:`~NUDFCore.io.Volume` (from :func:`~NUDFCore.io.read_volume`, or built from an array
+    and its LPS/RAS geometry); give the seed in exactly one explicit frame. ``model`` is a checkpoint path,
+    a loaded network or None (the bundled/default model). Raises :class:`InputError` /
+    :class:`SegmentationError` for bad input or when no trustworthy surface is found.
+    """
+    import torch
+
+    from . import meshing
+    from .model import resolve_device
+
+    opts = options or SegmentOptions()
+    opts.check()
+    stages = _Stages(opts.progress, opts.cancel)
+    t_start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+    with stages.stage("check"):
+        if not isinstance(ct, Volume):
+            raise InputError(f"ct must be a NUDFCore.io.Volume; got {type(ct).__name__}.")
+        seed = resolve_seed(ct, seed_lps=seed_lps, seed_ras=seed_ras)
+        check_ct_plausible(ct)
+    with stages.stage("load model"):
+        device = resolve_device(opts.device)
+        net = load_model(model, device)
+        cfg = net.config
+        size_mm = float(opts.crop_size_mm or cfg.crop_size_mm)
+        window = HUWindow.from_value(cfg.hu_window)
+        chunk = int(opts.chunk_size or _choose_chunk(device, cfg.feature_size))
+        # one float32 region around the seed, reused by both passes
+        region = subvolume_around(ct, seed[None], margin_mm=size_mm)
+
+    centre = np.asarray(opts.crop_center_lps, dtype=np.float64).reshape(3) if opts.crop_center_lps is not None else seed
+    passes = 2 if (opts.two_pass and opts.crop_center_lps is None) else 1
+    h = float(opts.resolution_mm)
+    coarse = float(opts.coarse_resolution_mm or min(max(8 * h, 1.0), 4.0))
+    n_queries = n_grad = n_dense = 0
+    mesh = None
+    fieldfn: NetworkField | None = None
+    for p in range(passes):
+        final = p == passes - 1
+        geom = CropGeometry(centre, size_mm, cfg.crop_n)
+        if p == 0 or fieldfn is None:
+            with stages.stage("encode"):
+                fieldfn = NetworkField(net, region, geom, window, device, chunk)
+        margin = 2.0 * max(h, geom.spacing_mm)
+        lo = geom.center_lps - geom.half_size_mm + margin
+        hi = geom.center_lps + geom.half_size_mm - margin
+        res = h if final else max(4 * h, 1.0)
+        stage_name = "surface" if final else "surface (first pass)"
+
+        def _progress(sub: str, frac: float, _name=stage_name) -> None:
+            stages.report(f"{_name}: {sub}", frac)
+
+        with stages.stage(stage_name):
+            mres = meshing.extract_open_surface(
+                fieldfn.udf,
+                fieldfn.udf_grad,
+                lo,
+                hi,
+                res,
+                coarse_resolution=max(coarse, res),
+                keep_point=seed,
+                face_filter=opts.face_filter,
+                project_steps=1,
+                min_component_fraction=opts.min_component_fraction,
+                progress=_progress,
+                cancel=opts.cancel,
+            )
+        n_queries, n_grad = n_queries + mres.n_queries, n_grad + mres.n_grad_queries
+        n_dense += mres.n_dense_queries
+        mesh = mres.mesh
+        if mesh is None or mesh.GetNumberOfCells() == 0:
+            raise SegmentationError(
+                "The network found no LAA surface around the seed (the predicted distance field is far "
+                "everywhere). Check that the seed is inside the contrast-filled LAA and that the model fits "
+                "this kind of CT."
+            )
+        if not final:
+            # re-centre on the first (coarse) surface: the seed may sit anywhere in the LAA
+            new_centre = _surface_centre(mesh)
+            if np.linalg.norm(new_centre - centre) > 0.05 * size_mm:
+                centre = new_centre
+                fieldfn = None
+
+    with stages.stage("post-process"):
+        mesh = meshing.keep_component_near(mesh, seed)
+        mesh = meshing.remove_small_components(mesh, opts.min_component_fraction)
+        if opts.smoothing > 0:
+            passband = float(10 ** (-1 - 2 * opts.smoothing))  # 0.1 (light) .. 0.001 (strong)
+            mesh = meshing.smooth_windowed_sinc(mesh, iterations=20, passband=passband)
+        if opts.decimate > 0:
+            mesh = meshing.decimate(mesh, opts.decimate)
+    with stages.stage("quality"):
+        pts = polydata_points(mesh)
+        u_vertices = fieldfn.udf(pts) if len(pts) else np.zeros(0)
+        loops = meshtools.boundary_loops(mesh)
+        quality = {
+            "n_vertices": int(mesh.GetNumberOfPoints()),
+            "n_faces": int(mesh.GetNumberOfCells()),
+            "boundary_loops": len(loops),
+            "area_mm2": meshtools.mesh_area(mesh),
+            "mean_predicted_distance_mm": float(np.mean(u_vertices)) if len(u_vertices) else float("nan"),
+            "max_predicted_distance_mm": float(np.max(u_vertices)) if len(u_vertices) else float("nan"),
+            "n_queries": int(n_queries + len(pts)),
+            "n_grad_queries": int(n_grad),
+            "n_dense_queries": int(n_dense),
+            "passes": passes,
+            "device": str(device),
+            "resolution_mm": h,
+        }
+    if mesh.GetNumberOfCells() == 0:
+        raise SegmentationError("The segmentation produced no surface after clean-up.")
+    stages.timings["total"] = time.perf_counter() - t_start
+    peak = _peak_rss_mb()
+    if device.type == "cuda":
+        quality["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return SegmentationResult(
+        mesh_lps=mesh,
+        timings=stages.timings,
+        peak_memory_mb=peak,
+        quality=quality,
+        seed_lps=seed,
+        crop_center_lps=centre,
+    )
