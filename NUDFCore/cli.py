@@ -191,7 +191,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ registry
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
