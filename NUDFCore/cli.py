@@ -190,8 +190,62 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a NUDF model on a folder of cases (phantoms or real data)",
+        description="Train the network on DIR/<case>/ folders (ct.nii.gz|ct.nrrd|..., laa.vtp open LAA mesh in "
+        "LPS, optional meta.json). Query samples are computed once per case and cached in the case folder. "
+        "OUT receives the best model (lowest validation loss); OUT's sibling <name>.last.pt the last epoch, "
+        "which --resume continues. Several GPUs: torchrun --nproc_per_node=N -m NUDFCore train ... "
+        "(gloo on CPU).",
+        epilog=EPILOG,
+    )
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (one sub-folder per case)")
+    p.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
+    p.add_argument("--epochs", type=int, default=30, help="total number of epochs (default: 30)")
+    p.add_argument("--steps-per-epoch", type=int, default=100, help="optimiser steps per epoch (default: 100)")
+    p.add_argument("--points", type=int, default=5000, help="query points per crop per step (default: 5000)")
+    p.add_argument("--batch-size", type=int, default=1, help="crops per step (default: 1)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, cosine decay (default: 3e-4)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of cases held out for validation (default: 0.2; 0: validate on training cases)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--preset", choices=["small", "paper"], default="small",
+                   help="model size: small = 64^3 CPU-trainable (default), paper = the authors' 128^3 sizes")
+    p.add_argument("--crop-n", type=int, default=None, help="crop grid size (default: the preset's)")
+    p.add_argument("--crop-mm", type=float, default=None, help="crop cube side in mm (default: 70)")
+    p.add_argument("--hard-negatives", type=float, default=0.2,
+                   help="share of hard-negative query points (other edges, beyond the ostium; default: 0.2)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=Path, metavar="CKPT",
+                   help="continue training from OUT's .last.pt (or from CKPT); --epochs is the new total")
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_train, command_name="train")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        points=args.points, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+        seed=args.seed, device=args.device, preset=args.preset, crop_n=args.crop_n, crop_mm=args.crop_mm,
+        hard_negative_fraction=args.hard_negatives, threads=args.threads, resume=args.resume, force=args.force,
+    )
+    result = train(config, progress=not args.quiet)
+    if result["rank"] == 0 and result["history"]:
+        last = result["history"][-1]
+        print(f"trained to epoch {last['epoch']}: best model {result['best']} (validation loss "
+              f"{result['best_loss']:.3f} mm), resumable checkpoint {result['last']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ registry
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
