@@ -34,6 +34,7 @@ from NUDFSegmentationLib import (  # noqa: E402  (the Lib also puts NUDFCore on 
     missingDependencies,
     planInstall,
 )
+from NUDFSegmentationLib.BackgroundSegmentation import summaryText  # noqa: E402
 from NUDFSegmentationLib.InstallLogic import executeInstall  # noqa: E402
 
 NUDF_CITATION = (
@@ -277,11 +278,7 @@ class NUDFSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 name = f"{volume.GetName()} LAA" if volume is not None else "LAA"
                 modelNode = worker.loadResult(slicer.mrmlScene, p.getNode("OutputModel"), name=name)
                 p.setNode("OutputModel", modelNode)
-                summary = worker.summary or {}
-                self.setStatus(
-                    "Done: " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float, str)))
-                    if summary else "Done."
-                )
+                self.setStatus(summaryText(worker.summary))
             elif worker.state == "failed":
                 self.setStatus(f"Failed: {worker.errorMessage}")
                 slicer.util.errorDisplay(f"Segmentation failed:\n{worker.errorMessage}", detailedText="\n".join(worker.logLines[-50:] + worker.errorLines[-50:]))

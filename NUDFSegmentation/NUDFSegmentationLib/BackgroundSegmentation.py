@@ -105,6 +105,36 @@ def cliCommand(
     return cmd
 
 
+def cliSupports(option: str, command: str = "segment") -> bool:
+    """Whether this engine's CLI ``command`` accepts ``option`` (checked on the parser, nothing runs)."""
+    import argparse
+
+    from NUDFCore.cli import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return option in action.choices[command]._option_string_actions
+    return False
+
+
+def summaryText(summary: dict | None) -> str:
+    """One line for the status label from the worker's final summary."""
+    if not summary:
+        return "Done."
+    q = summary.get("quality", {}) or {}
+    t = (summary.get("timings", {}) or {}).get("total")
+    parts = []
+    if t is not None:
+        parts.append(f"{float(t):.1f} s")
+    if "n_faces" in q:
+        parts.append(f"{q['n_faces']} faces")
+    if "boundary_loops" in q:
+        parts.append(f"{q['boundary_loops']} boundary loop(s)")
+    if "mean_predicted_distance_mm" in q:
+        parts.append(f"mean predicted distance {float(q['mean_predicted_distance_mm']):.2f} mm")
+    return "Done: " + ", ".join(parts) if parts else "Done."
+
+
 def parseLine(line: str, stream: str = "stdout") -> ProgressEvent:
     """Turn one output line into an event (non-JSON or malformed JSON lines are log text)."""
     text = line.rstrip("\r\n")
@@ -230,6 +260,11 @@ class BackgroundSegmentation:
         self.workDir.mkdir(parents=True, exist_ok=True)
         self.writeInputVolume(volumeNode)
         cropCenter_ras = lps_to_ras(np.asarray(cropCenter_lps, float)) if cropCenter_lps is not None else None
+        if (cropCenter_ras is not None or cropSizeMm is not None) and not cliSupports("--crop-center-ras"):
+            raise InputError(
+                "This engine version cannot crop to an ROI in a background process; clear the ROI or "
+                "untick 'Run in background process'."
+            )
         self.command = cliCommand(
             self.pythonExecutable, self.inputPath, seed_ras, self.outputPath, modelPath, device,
             resolutionMm, smoothing, decimate, cropCenter_ras, cropSizeMm,
