@@ -213,8 +213,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="share of cases held out for validation (default: 0.2; 0: validate on training cases)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--preset", choices=["small", "paper"], default="small",
-                   help="model size: small = 64^3 CPU-trainable (default), paper = the authors' 128^3 sizes")
+    p.add_argument("--preset", choices=["small", "paper", "tiny"], default="small",
+                   help="model size: small = 64^3 CPU-trainable (default), paper = the authors' 128^3 sizes, "
+                   "tiny = 32^3 for smoke tests only")
     p.add_argument("--crop-n", type=int, default=None, help="crop grid size (default: the preset's)")
     p.add_argument("--crop-mm", type=float, default=None, help="crop cube side in mm (default: 70)")
     p.add_argument("--hard-negatives", type=float, default=0.2,

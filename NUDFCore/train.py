@@ -79,6 +79,7 @@ class TrainConfig:
     val_points: int = 20_000  # per validation case
     threads: int | None = None  # torch CPU threads (None: torch's default)
     max_cases: int | None = None  # use only the first N cases (quick runs)
+    stop_after_epochs: int | None = None  # end this run after N epochs (time-sliced jobs; --resume goes on)
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -189,6 +190,7 @@ def draw_points(case: PreparedCase, geometry: CropGeometry, n: int, shares: dict
     counts = _allocate(n, shares, {k: len(v) for k, v in pools.items()})
     chosen = np.concatenate([rng.choice(pools[k], size=c, replace=c > len(pools[k])) for k, c in counts.items()
                              if c > 0])
+    chosen = rng.permutation(chosen)
     q = geometry.lps_to_normalized(case.points_lps[chosen]).astype(np.float32)
     return q, case.distance_mm[chosen]
 
@@ -414,7 +416,10 @@ def train(config: TrainConfig, progress: bool = True, cases: tuple[list, list] |
     }
     best_path, last_path = config.out, last_checkpoint_path(config.out)
 
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs
+    if config.stop_after_epochs is not None:
+        end_epoch = min(end_epoch, start_epoch + max(int(config.stop_after_epochs), 1))
+    for epoch in range(start_epoch, end_epoch):
         net.train()
         t0 = time.time()
         running, losses = None, []

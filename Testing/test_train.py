@@ -1,0 +1,159 @@
+"""Training: loss, batch composition, crop augmentation, overfitting one phantom, CLI, resume, DDP (gloo)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from NUDFCore.cli import main as cli_main
+from NUDFCore.crop import CropGeometry, subvolume_around
+from NUDFCore.errors import CheckpointError, InputError, OutputExistsError
+from NUDFCore.io import Volume
+from NUDFCore.model import ModelConfig, NUDFNet, load_checkpoint, read_checkpoint
+from NUDFCore.train import (
+    PreparedCase,
+    TrainConfig,
+    draw_points,
+    kind_shares,
+    last_checkpoint_path,
+    train,
+    training_crop,
+    truncated_l1,
+)
+
+torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _cap_distance(p, c, radius, zcut):
+    """Exact distance to a spherical cap (sphere of ``radius`` at ``c`` cut open above z = c_z + zcut)."""
+    v = p - c
+    r = np.linalg.norm(v, axis=1)
+    on_cap = v[:, 2] <= zcut * r / radius
+    rho = np.linalg.norm(v[:, :2], axis=1)
+    d_rim = np.hypot(rho - np.sqrt(radius**2 - zcut**2), v[:, 2] - zcut)
+    return np.where(on_cap, np.abs(r - radius), d_rim)
+
+
+def _analytic_case(seed=0, n=20_000) -> PreparedCase:
+    """A bright sphere (the 'appendage', open at the top into a bright 'atrium') with exact cap distances."""
+    rng = np.random.default_rng(seed)
+    c, radius, zcut = np.array([5.0, -3.0, 40.0]), 10.0, 6.0
+    shape, sp = (50, 60, 60), np.array([0.9, 0.9, 1.1])
+    vol = Volume(np.zeros(shape, np.float32), sp, c - sp * np.array([30, 30, 25]))
+    k, j, i = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    pts = vol.index_to_lps(np.stack([i, j, k], -1))
+    bright = (np.linalg.norm(pts - c, axis=-1) < radius) | (
+        (pts[..., 2] - c[2] > zcut) & (np.linalg.norm(pts[..., :2] - c[:2], axis=-1) < 14))
+    vol.array[:] = np.where(bright, 350.0, -100.0)
+    dirs = rng.normal(size=(n, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    side = rng.integers(0, 2, n)
+    rad = radius + np.where(side == 0, -1, 1) * np.abs(rng.normal(0, 1.5, n))
+    p = c + dirs * rad[:, None]
+    kind = side.astype(np.int8)
+    p[: n // 5] = c + rng.uniform(-30, 30, (n // 5, 3))
+    kind[: n // 5] = 2
+    lumen = c + rng.uniform(-4, 4, (100, 3))
+    return PreparedCase("analytic", subvolume_around(vol, lumen, 50.0), p, _cap_distance(p, c, radius, zcut),
+                        kind, lumen)
+
+
+# ------------------------------------------------------------------------------------------ units
+def test_truncated_l1_values_and_no_dead_gradient():
+    pred = torch.tensor([[0.5, 6.0, 2.0, 7.0]], requires_grad=True)
+    true = torch.tensor([[1.0, 3.0, 9.0, 8.0]])
+    loss = truncated_l1(pred, true, truncation_mm=5.0)
+    # |0.5-1| + |min(6,5)... prediction above T for a point whose truth is 3 -> |6-3| (pushed down),
+    # truth 9 ≥ T with pred 2 -> 5-2, truth 8 ≥ T with pred 7 -> 0
+    assert float(loss) == pytest.approx((0.5 + 3.0 + 3.0 + 0.0) / 4)
+    loss.backward()
+    np.testing.assert_allclose(pred.grad.numpy(), [[-0.25, 0.25, -0.25, 0.0]])
+
+
+def test_kind_shares_default_mix():
+    s = kind_shares(TrainConfig(data=".", out="m.pt"))
+    assert sum(s.values()) == pytest.approx(1.0)
+    assert s[0] == pytest.approx(0.8 * 0.45) and s[2] == pytest.approx(0.08) and s[3] + s[4] == pytest.approx(0.2)
+
+
+def test_draw_points_respects_mix_crop_and_missing_kinds():
+    case = _analytic_case()
+    case.kind[:300] = 3  # a few 'hard negatives' (no kind 4 at all: its share goes to the others)
+    geom = CropGeometry(case.lumen_points_lps[0], 40.0, 32)
+    rng = np.random.default_rng(0)
+    shares = kind_shares(TrainConfig(data=".", out="m.pt"))
+    q, d = draw_points(case, geom, 10_000, shares, rng)
+    assert q.shape == (10_000, 3) and d.shape == (10_000,) and np.abs(q).max() <= 1.0
+    # the distances are the samples' own: map back and look them up
+    p = geom.normalized_to_lps(q)
+    assert np.all(np.isin(d, case.distance_mm))
+    kinds = np.array([case.kind[np.flatnonzero(np.all(np.isclose(case.points_lps, x, atol=1e-3), axis=1))[0]]
+                      for x in p[:400]])
+    assert 0.05 < np.mean(kinds == 3) < 0.20  # ~10 % / 0.9 renormalised = 11 %
+    assert np.mean(kinds == 2) > 0.03 and np.mean(kinds == 0) > 0.3
+
+
+def test_training_crop_augmentation_keeps_points_and_image_aligned():
+    case = _analytic_case()
+    cfg = TrainConfig(data=".", out="m.pt", rotation_deg=10.0, center_jitter_mm=2.0, noise_sigma=0.0,
+                      intensity_scale=0.0, intensity_offset=0.0)
+    mc = ModelConfig.preset("tiny", crop_size_mm=40.0)
+    crop, geom = training_crop(case, mc, cfg, np.random.default_rng(3))
+    assert not np.allclose(geom.rotation_lps, np.eye(3))  # really rotated
+    # sample the crop where the truth says 'inside the sphere, > 3 mm from the wall' vs. 'outside, > 3 mm'
+    q, d = draw_points(case, geom, 4000, {0: 0.5, 1: 0.5}, np.random.default_rng(1))
+    vals = torch.nn.functional.grid_sample(torch.from_numpy(crop)[None, None],
+                                           torch.from_numpy(q).view(1, 1, 1, -1, 3), align_corners=True).view(-1)
+    kinds = np.array([case.kind[np.argmin(np.linalg.norm(case.points_lps - x, axis=1))]
+                      for x in geom.normalized_to_lps(q[:600])])
+    far = (d[:600] > 2.5) & (geom.normalized_to_lps(q[:600])[:, 2] < 38.0)  # lower half: away from the 'atrium'
+    inside, outside = vals[:600].numpy()[far & (kinds == 0)], vals[:600].numpy()[far & (kinds == 1)]
+    assert inside.mean() > 0.3 and outside.mean() < 0.0  # 350 HU -> 0.35, -100 HU -> -0.1
+
+
+def test_config_validation_and_output_guards(tmp_path):
+    with pytest.raises(InputError):
+        TrainConfig(data=".", out="m.pt", epochs=0)
+    with pytest.raises(InputError):
+        TrainConfig(data=".", out="m.pt", mix=(0.5, 0.5))
+    with pytest.raises(InputError):
+        TrainConfig(data=".", out="m.pt", val_fraction=1.0)
+    assert last_checkpoint_path(Path("a/model.pt")) == Path("a/model.last.pt")
+    case = _analytic_case()
+    (tmp_path / "m.pt").write_bytes(b"x")
+    with pytest.raises(OutputExistsError):
+        train(TrainConfig(data=tmp_path, out=tmp_path / "m.pt", preset="tiny"), progress=False,
+              cases=([case], [case]))
+    with pytest.raises(CheckpointError, match="Cannot resume"):
+        train(TrainConfig(data=tmp_path, out=tmp_path / "n.pt", preset="tiny", resume=True), progress=False,
+              cases=([case], [case]))
+    with pytest.raises(InputError, match="does not exist"):
+        train(TrainConfig(data=tmp_path, out=tmp_path / "no" / "m.pt", preset="tiny"), progress=False,
+              cases=([case], [case]))
+
+
+def test_train_resume_continues_exactly_where_it_stopped(tmp_path):
+    case = _analytic_case()
+    kw = dict(data=tmp_path, preset="tiny", steps_per_epoch=4, points=500, val_points=2000, lr=2e-3)
+    full = train(TrainConfig(out=tmp_path / "full.pt", epochs=2, **kw), progress=False, cases=([case], [case]))
+    first = train(TrainConfig(out=tmp_path / "half.pt", epochs=2, stop_after_epochs=1, **kw), progress=False, cases=([case], [case]))
+    assert len(first["history"]) == 1
+    second = train(TrainConfig(out=tmp_path / "half.pt", epochs=2, resume=True, **kw), progress=False,
+                   cases=([case], [case]))
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    # same data stream, same schedule, same weights: the resumed run equals the uninterrupted one
+    assert second["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], rel=1e-4)
+    a = read_checkpoint(last_checkpoint_path(tmp_path / "full.pt"))["state_dict"]
+    b = read_checkpoint(last_checkpoint_path(tmp_path / "half.pt"))["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="already trained 2"):
+        train(TrainConfig(out=tmp_path / "half.pt", epochs=2, resume=True, **kw), progress=False,
+              cases=([case], [case]))
