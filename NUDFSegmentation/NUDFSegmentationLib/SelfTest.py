@@ -16,9 +16,13 @@ def makeScene():
     appLogic = slicer.vtkSlicerApplicationLogic()
     appLogic.SetMRMLScene(scene)
     colorLogic = slicer.vtkSlicerColorLogic()
+    colorLogic.SetMRMLApplicationLogic(appLogic)
     colorLogic.SetMRMLScene(scene)
     appLogic.SetModuleLogic("Colors", colorLogic)
-    scene._nudfKeepAlive = (appLogic, colorLogic)  # the logics must outlive this function
+    markupsLogic = slicer.vtkSlicerMarkupsLogic()  # registers the markups storage node classes
+    markupsLogic.SetMRMLApplicationLogic(appLogic)
+    markupsLogic.SetMRMLScene(scene)
+    scene._nudfKeepAlive = (appLogic, colorLogic, markupsLogic)  # the logics must outlive this function
     return scene
 
 
