@@ -335,7 +335,8 @@ def load_cases(config: TrainConfig) -> tuple[list[Any], list[Any], bool]:
 
 
 def train(config: TrainConfig, progress: bool = True, cases: tuple[list, list] | None = None) -> dict[str, Any]:
-    """Train a model as ``config`` says; returns ``{"history": [...per-epoch metrics], "best": path, ...}``.
+    """Train a model as ``config`` says; returns ``{"history": [per-epoch metrics], "best": path, "last": path,
+    "model": the last-epoch NUDFNet, ...}``.
 
     ``cases`` may pass already prepared (train, val) :class:`PreparedCase` lists (tests, notebooks);
     otherwise the cases of ``config.data`` are listed, split, sampled and cached.
@@ -470,4 +471,4 @@ def train(config: TrainConfig, progress: bool = True, cases: tuple[list, list] |
         if world > 1:
             dist.barrier()
     return {"history": history, "best": str(best_path), "last": str(last_path), "best_loss": best_loss,
-            "rank": rank, "world_size": world}
+            "rank": rank, "world_size": world, "model": model.eval()}
