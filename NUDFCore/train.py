@@ -259,6 +259,8 @@ def evaluate(model: NUDFNet, crops: Sequence[ValidationCrop], device: torch.devi
     ``near_mae_mm``: mean |pred − true| where true < 2 mm; ``false_surface_rate``: of the points the model
     puts within 1 mm of the surface, the fraction whose truth is > 3 mm; ``loss``: truncated L1.
     """
+    from .sampling import false_surface_rate
+
     model.eval()
     t = model.config.truncation_mm
     preds, trues = [], []
@@ -270,13 +272,11 @@ def evaluate(model: NUDFNet, crops: Sequence[ValidationCrop], device: torch.devi
     pred = np.concatenate(preds)
     true = np.concatenate(trues).astype(np.float64)
     near = true < 2.0
-    predicted_near = pred < 1.0
-    false_near = predicted_near & (true > 3.0)
     return {
         "loss": float(np.mean(np.abs(pred - np.minimum(true, t)))),
         "near_mae_mm": float(np.mean(np.abs(pred[near] - true[near]))) if near.any() else float("nan"),
-        "false_surface_rate": float(false_near.sum() / max(predicted_near.sum(), 1)),
-        "false_surface_fraction": float(false_near.mean()),
+        "false_surface_rate": false_surface_rate(pred, true, near_mm=1.0, far_mm=3.0),
+        "false_surface_fraction": float(np.mean((pred < 1.0) & (true > 3.0))),
         "n_points": int(len(true)),
     }
 
