@@ -50,7 +50,6 @@ from .meshtools import (
     loop_length,
     sample_surface,
     triangle_areas,
-    unsigned_distance,
 )
 
 DEFAULT_SAMPLES = 50_000
@@ -212,9 +211,8 @@ def _clean_triangles(mesh: vtk.vtkPolyData, name: str) -> tuple[vtk.vtkPolyData,
     return make_polydata(pts, tris), pts, tris
 
 
-def _closest_faces(mesh: vtk.vtkPolyData, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact distance from each point to ``mesh`` and the id of the closest triangle."""
-    loc = cell_locator(mesh)
+def _closest_faces(loc: vtk.vtkStaticCellLocator, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact distance from each point to the located mesh and the id of the closest triangle."""
     n = len(points)
     d2 = np.empty(n)
     cids = np.empty(n, dtype=np.int64)
@@ -279,7 +277,10 @@ def boundary_distance(
     loop_p = max(lp, key=lambda lo: loop_length(pp, lo))
     loop_g = max(lg, key=lambda lo: loop_length(gp, lo))
     if step_mm is None:
-        med = [np.median(np.linalg.norm(np.roll(x[lo], -1, 0) - x[lo], axis=1)) for x, lo in ((pp, loop_p), (gp, loop_g))]
+        med = [
+            np.median(np.linalg.norm(np.roll(x[lo], -1, 0) - x[lo], axis=1))
+            for x, lo in ((pp, loop_p), (gp, loop_g))
+        ]
         step_mm = min(0.1, 0.25 * float(min(med)))
     step_mm = max(step_mm, 1e-6)
     sp = _sample_loop(pp, loop_p, step_mm)
@@ -315,11 +316,12 @@ def surface_metrics(
 
     sp, np_, _ = sample_surface(pred, n_samples, seed)
     sg, ng, _ = sample_surface(gt, n_samples, seed + 1)
-    d_pg, c_pg = _closest_faces(gt, sp)
-    d_gp, c_gp = _closest_faces(pred, sg)
+    loc_p, loc_g = cell_locator(pred), cell_locator(gt)
+    d_pg, c_pg = _closest_faces(loc_g, sp)
+    d_gp, c_gp = _closest_faces(loc_p, sg)
     # The maximum often sits at a vertex (a spike, a corner): include vertices for the max only.
-    v_pg = unsigned_distance(gt, p_pts)
-    v_gp = unsigned_distance(pred, g_pts)
+    v_pg, _ = _closest_faces(loc_g, p_pts)
+    v_gp, _ = _closest_faces(loc_p, g_pts)
 
     fn_g = face_normals(g_pts, g_tris)
     fn_p = face_normals(p_pts, p_tris)
