@@ -89,6 +89,7 @@ class NUDFSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._inProcessCancel = False
         self._running = False
         self._pollTimer = None
+        self._observedSeed = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -104,6 +105,7 @@ class NUDFSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.exportFrameComboBox.addItem(label, frame)
         self.ui.seedPlaceWidget.buttonsVisible = False
         self.ui.seedPlaceWidget.placeButton().show()
+        self.ui.seedPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.hide()
 
@@ -167,6 +169,7 @@ class NUDFSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameters
         if p is None or self.ui is None or self._updatingGUI:
             return
+        self._observeSeed(p.getNode("Seed"))
         self._updatingGUI = True
         try:
             self.ui.inputVolumeSelector.setCurrentNode(p.getNode("InputVolume"))
@@ -196,6 +199,19 @@ class NUDFSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         finally:
             self._updatingGUI = False
+
+    def _observeSeed(self, seedNode) -> None:
+        """Placing or deleting the seed point changes whether Segment is possible: watch the point list."""
+        if seedNode is self._observedSeed:
+            return
+        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        if self._observedSeed is not None:
+            for event in events:
+                self.removeObserver(self._observedSeed, event, self.updateGUIFromParameterNode)
+        self._observedSeed = seedNode
+        if seedNode is not None:
+            for event in events:
+                self.addObserver(seedNode, event, self.updateGUIFromParameterNode)
 
     def updateParameterNodeFromGUI(self, *args) -> None:
         p = self._parameters
@@ -248,6 +264,7 @@ class NUDFSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._parameters.setNode("OutputModel", modelNode)
             self.setStatus(f"Done: {result.summary()}")
+            self.updateGUIFromParameterNode()
         except Exception as exc:
             if type(exc).__name__ == "SegmentationCancelled":
                 self.setStatus("Cancelled.")
@@ -279,6 +296,7 @@ class NUDFSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 modelNode = worker.loadResult(slicer.mrmlScene, p.getNode("OutputModel"), name=name)
                 p.setNode("OutputModel", modelNode)
                 self.setStatus(summaryText(worker.summary))
+                self.updateGUIFromParameterNode()
             elif worker.state == "failed":
                 self.setStatus(f"Failed: {worker.errorMessage}")
                 slicer.util.errorDisplay(f"Segmentation failed:\n{worker.errorMessage}", detailedText="\n".join(worker.logLines[-50:] + worker.errorLines[-50:]))
