@@ -367,6 +367,7 @@ def edge_voxels(
     sigma_mm: float = 1.0,
     quantile: float = 0.85,
     min_gradient: float = 30.0,
+    ridge_fraction: float = 0.8,
     target_mm: float = 0.6,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Voxels on strong intensity edges inside a box: (continuous ijk indices, gradient magnitudes (HU/mm),
@@ -396,15 +397,17 @@ def edge_voxels(
         return empty
     grads = np.gradient(sub, *(spacing_kji * stride_kji))
     gmag = np.sqrt(sum(g.astype(np.float64) ** 2 for g in grads))
+    ridge = gmag >= ridge_fraction * ndimage.maximum_filter(gmag, size=3, mode="nearest")
     kk, jj, ii = np.meshgrid(*(np.arange(n) for n in sub.shape), indexing="ij")
     idx = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3) * stride_kji[::-1] + lo
     g = gmag.reshape(-1)
+    ridge = ridge.reshape(-1)
     pts = volume.index_to_lps(idx)
     inside = np.all((pts >= box_lps[0]) & (pts <= box_lps[1]), axis=1)
     if not inside.any():
         return empty
     thr = max(float(np.quantile(g[inside], quantile)), float(min_gradient))
-    sel = inside & (g >= thr)
+    sel = inside & ridge & (g >= thr)
     return idx[sel].astype(np.float64), g[sel], stride_kji[::-1].astype(np.float64), thr
 
 
