@@ -391,24 +391,29 @@ def edge_voxels(
     sub = volume.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]].astype(np.float32)
     spacing_kji = volume.spacing[::-1]
     sub = ndimage.gaussian_filter(sub, sigma=sigma_mm / spacing_kji, mode="nearest")
-    stride_kji = np.maximum(1, np.floor(target_mm / spacing_kji).astype(int))
+    stride_kji = np.maximum(1, np.round(target_mm / spacing_kji).astype(int))
     sub = sub[:: stride_kji[0], :: stride_kji[1], :: stride_kji[2]]
     if min(sub.shape) < 2:
         return empty
     grads = np.gradient(sub, *(spacing_kji * stride_kji))
-    gmag = np.sqrt(sum(g.astype(np.float64) ** 2 for g in grads))
+    gmag = np.sqrt(sum(g * g for g in grads))
     ridge = gmag >= ridge_fraction * ndimage.maximum_filter(gmag, size=3, mode="nearest")
-    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in sub.shape), indexing="ij")
-    idx = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3) * stride_kji[::-1] + lo
-    g = gmag.reshape(-1)
-    ridge = ridge.reshape(-1)
-    pts = volume.index_to_lps(idx)
-    inside = np.all((pts >= box_lps[0]) & (pts <= box_lps[1]), axis=1)
+    # Box membership per voxel without materialising every voxel's LPS point: LPS is affine in (i, j, k).
+    step_lps = volume.direction_lps @ np.diag(volume.spacing * stride_kji[::-1])  # columns: one strided step
+    base = volume.index_to_lps(lo.astype(np.float64))
+    inside = np.ones(sub.shape, dtype=bool)
+    for axis in range(3):  # LPS axis
+        ci = base[axis] + step_lps[axis, 0] * np.arange(sub.shape[2])
+        cj = step_lps[axis, 1] * np.arange(sub.shape[1])
+        ck = step_lps[axis, 2] * np.arange(sub.shape[0])
+        coord = ck[:, None, None] + cj[None, :, None] + ci[None, None, :]
+        inside &= (coord >= box_lps[0, axis]) & (coord <= box_lps[1, axis])
     if not inside.any():
         return empty
-    thr = max(float(np.quantile(g[inside], quantile)), float(min_gradient))
-    sel = inside & ridge & (g >= thr)
-    return idx[sel].astype(np.float64), g[sel], stride_kji[::-1].astype(np.float64), thr
+    thr = max(float(np.quantile(gmag[inside], quantile)), float(min_gradient))
+    sel = np.argwhere(inside & ridge & (gmag >= thr))  # (n, 3) strided (k, j, i)
+    idx = sel[:, ::-1] * stride_kji[::-1] + lo
+    return idx.astype(np.float64), gmag[tuple(sel.T)], stride_kji[::-1].astype(np.float64), thr
 
 
 def _jitter_voxels(volume: Volume, idx: np.ndarray, step: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -603,8 +608,8 @@ def _lumen_points(
         return np.zeros((0, 3))
     kept: list[np.ndarray] = []
     total = 0
-    for _ in range(4):
-        p, fid = _sample_on_faces(pts, tris, areas, 3 * n_lumen, rng)
+    for _ in range(6):
+        p, fid = _sample_on_faces(pts, tris, areas, max(64, (3 * (n_lumen - total)) // 2), rng)
         move = np.minimum(sd_in[fid] / 2.0, 15.0)
         q = p - move[:, None] * outward[fid]
         ok = (q - o_c) @ o_n > 0.0
