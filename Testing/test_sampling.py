@@ -77,16 +77,30 @@ def smoothstep_radius(r_thin: float, r_thick: float):
     return f
 
 
+def scene_hu(points_lps: np.ndarray) -> np.ndarray:
+    """HU of the synthetic scene at LPS points (..., 3)."""
+    x, y, z = points_lps[..., 0], points_lps[..., 1], points_lps[..., 2]
+    arr = np.full(x.shape, 80.0)
+    arr[x**2 + y**2 + z**2 < 100] = 350
+    arr[x**2 + y**2 + (z + 22) ** 2 < 400] = 350
+    arr[x > 25] = -800
+    return arr.astype(np.int16)
+
+
+def near_known_edge(p: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each point to the nearest intensity edge of the scene other than the GT cap."""
+    d_slab = np.abs(p[:, 0] - 25.0)
+    d_la = np.abs(np.linalg.norm(p - [0, 0, -22], axis=1) - 20.0)
+    d_laa = np.abs(np.linalg.norm(p, axis=1) - 10.0)
+    return np.minimum(np.minimum(d_slab, d_la), d_laa)
+
+
 def scene(spacing: float = 1.0, n: int = 80):
     """A small CT-like scene: an LAA-like ball (GT = its surface above the ostium plane z = -4), an LA ball
     below it, and a lung-like slab at x > 25 whose face (x = 25) is an edge far from the GT."""
     g = (np.arange(n) - n / 2 + 0.5) * spacing
     zz, yy, xx = np.meshgrid(g, g, g, indexing="ij")
-    arr = np.full(xx.shape, 80.0)
-    arr[xx**2 + yy**2 + zz**2 < 100] = 350
-    arr[xx**2 + yy**2 + (zz + 22) ** 2 < 400] = 350
-    arr[xx > 25] = -800
-    vol = Volume(arr.astype(np.int16), [spacing] * 3, [g[0]] * 3)
+    vol = Volume(scene_hu(np.stack([xx, yy, zz], -1)), [spacing] * 3, [g[0]] * 3)
     mesh = sphere(10.0, res=48, clip_below=-4.0)
     geom = dict(seed_lps=[0.0, 0.0, 3.0], ostium_center_lps=[0.0, 0.0, -4.0], ostium_normal_lps=[0.0, 0.0, 1.0])
     return vol, mesh, geom
@@ -237,10 +251,9 @@ def test_edge_hard_negatives_lie_on_other_strong_edges(scene_samples):
     assert len(p) == sampling.DEFAULT_MIX[3] * len(s)
     assert np.all(s.distance_mm[s.kind == 3] > 2.0)
     # Independent check 1: on one of the scene's known intensity edges (slab face, LA ball, LAA ball).
+    assert np.all(near_known_edge(p) < 2.0)
     d_slab = np.abs(p[:, 0] - 25.0)
     d_la = np.abs(np.linalg.norm(p - [0, 0, -22], axis=1) - 20.0)
-    d_laa = np.abs(np.linalg.norm(p, axis=1) - 10.0)
-    assert np.all(np.minimum(np.minimum(d_slab, d_la), d_laa) < 2.0)
     assert np.mean(d_slab < 2.0) > 0.2 and np.mean(d_la < 2.0) > 0.2  # both other structures are used
     # Independent check 2: gradient magnitude of the smoothed CT there is far above the box's typical value.
     sm = ndimage.gaussian_filter(vol.array.astype(np.float64), 1.0)
@@ -249,6 +262,28 @@ def test_edge_hard_negatives_lie_on_other_strong_edges(scene_samples):
     g_edge = at(p)
     g_uniform = at(s.points_lps[s.kind == 2].astype(np.float64))
     assert np.median(g_edge) > 40.0 and np.median(g_edge) > 10 * np.median(g_uniform)
+
+
+def test_edge_voxels_with_rotated_anisotropic_volume():
+    """Edges are found in patient mm whatever the voxel axes: rotated, flipped, anisotropic."""
+    a = math.radians(30)
+    rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    direction = rot @ np.diag([1.0, -1.0, -1.0])
+    spacing = np.array([0.9, 1.1, 1.6])
+    size = (96, 90, 60)  # i, j, k
+    centre_index = (np.array(size) - 1) / 2
+    origin = -direction @ (spacing * centre_index)
+    vol = Volume(np.zeros(size[::-1], np.int16), spacing, origin, direction)
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    vol.array = scene_hu(vol.index_to_lps(np.stack([ii, jj, kk], -1)))
+    box = np.array([[-30.0, -30.0, -40.0], [30.0, 30.0, 10.0]])
+    idx, g, step, thr = sampling.edge_voxels(vol, box)
+    p = vol.index_to_lps(idx)
+    assert len(p) > 500 and thr >= 30.0 and np.all(g >= thr)
+    assert np.all((p >= box[0] - 1e-6) & (p <= box[1] + 1e-6))
+    assert np.all(near_known_edge(p) < 2.0)
+    slab = np.abs(p[:, 0] - 25.0) < 2.0
+    assert slab.sum() > 50 and np.ptp(p[slab, 1]) > 40  # the whole slab face inside the box is found
 
 
 def test_beyond_ostium_hard_negatives_are_on_the_la_side(scene_samples):
