@@ -35,3 +35,7 @@ class CheckpointError(NUDFError, IOError):
 
 class SegmentationError(NUDFError, RuntimeError):
     """Segmentation could not produce a trustworthy mesh (implausible CT, seed in air, no surface...)."""
+
+
+class SegmentationCancelled(SegmentationError):
+    """The user cancelled a running segmentation (no result, not a failure of the method)."""

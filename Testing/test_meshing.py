@@ -1,0 +1,327 @@
+"""Open-surface meshing of unsigned distance fields, checked on analytic UDFs with exact distances.
+
+Shapes: an open hemisphere cap, a flat disk and a spherical zone (a curved sheet with a hole). Their exact
+UDF and gradient come from the closest point in closed form, so errors are measured exactly: mesh samples
+-> surface with the analytic UDF, surface samples -> mesh with meshtools.point_to_mesh_distance.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from NUDFCore import meshing, meshtools
+from NUDFCore.errors import InputError, SegmentationCancelled, SegmentationError
+from NUDFCore.io import make_polydata, polydata_points, polydata_triangles
+
+
+# ------------------------------------------------------------------------------------------- shapes
+class Zone:
+    """Spherical zone: centre c, radius R, polar angle in [tmin, tmax] around +z (tmin=0: a cap)."""
+
+    def __init__(self, c, radius, tmin, tmax):
+        self.c, self.r, self.tmin, self.tmax = np.asarray(c, float), float(radius), tmin, tmax
+
+    def closest(self, p):
+        d = p - self.c
+        th = np.clip(np.arctan2(np.hypot(d[:, 0], d[:, 1]), d[:, 2]), self.tmin, self.tmax)
+        ph = np.arctan2(d[:, 1], d[:, 0])
+        return self.c + self.r * np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], 1)
+
+    def sample(self, n, seed):
+        rng = np.random.default_rng(seed)
+        z = rng.uniform(np.cos(self.tmax), np.cos(self.tmin), n)
+        ph = rng.uniform(0, 2 * np.pi, n)
+        s = np.sqrt(1 - z * z)
+        return self.c + self.r * np.stack([s * np.cos(ph), s * np.sin(ph), z], 1)
+
+    def udf(self, p):
+        return np.linalg.norm(p - self.closest(p), axis=1)
+
+    def udf_grad(self, p):
+        v = p - self.closest(p)
+        u = np.linalg.norm(v, axis=1)
+        return u, v / np.maximum(u, 1e-12)[:, None]
+
+
+class Disk(Zone):
+    """Flat disk of radius R in the plane z = c_z."""
+
+    def __init__(self, c, radius):
+        self.c, self.r = np.asarray(c, float), float(radius)
+
+    def closest(self, p):
+        d = p - self.c
+        rho = np.hypot(d[:, 0], d[:, 1])
+        s = np.minimum(1.0, self.r / np.maximum(rho, 1e-12))
+        return self.c + np.stack([d[:, 0] * s, d[:, 1] * s, 0 * rho], 1)
+
+    def sample(self, n, seed):
+        rng = np.random.default_rng(seed)
+        rr = self.r * np.sqrt(rng.random(n))
+        ph = rng.uniform(0, 2 * np.pi, n)
+        return self.c + np.stack([rr * np.cos(ph), rr * np.sin(ph), 0 * rr], 1)
+
+
+def hash_normal(p, seed):
+    """Deterministic N(0, 1) per point (coordinates quantised to 1 nm): the same point always gets the same
+    noise, as a network would, while neighbouring lattice points get independent noise (the hard case)."""
+    q = np.round(np.asarray(p) * 1e6).astype(np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (
+            (q[:, 0] * np.uint64(0x9E3779B97F4A7C15))
+            ^ (q[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F))
+            ^ (q[:, 2] * np.uint64(0x165667B19E3779F9))
+            ^ np.uint64(seed * 0x27D4EB2F165667C5 + 1)
+        )
+
+        def mix(z):
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            return z ^ (z >> np.uint64(31))
+
+        a, b = mix(x), mix(x ^ np.uint64(0xD1B54A32D192ED03))
+    u1 = ((a >> np.uint64(11)).astype(np.float64) + 0.5) / 2**53
+    u2 = ((b >> np.uint64(11)).astype(np.float64) + 0.5) / 2**53
+    return np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)
+
+
+SHAPES = {
+    "cap": (Zone([0.3, 0.1, -0.2], 8.0, 0.0, np.pi / 2), 1),  # open hemisphere: 1 boundary loop
+    "disk": (Disk([0.1, 0.2, 0.05], 7.0), 1),
+    "zone": (Zone([0.2, -0.1, 0.1], 9.0, 0.35, 1.1), 2),  # curved sheet with a hole: 2 loops
+}
+BOX = ([-11.0] * 3, [11.0] * 3)
+
+
+def surface_errors(shape, mesh, n=4000):
+    """(mesh -> surface mean, surface -> mesh mean, symmetric mean) in mm."""
+    pts = meshtools.sample_surface(mesh, n, seed=0)[0]
+    a = shape.udf(np.vstack([pts, polydata_points(mesh)]))
+    b, _ = meshtools.point_to_mesh_distance(mesh, shape.sample(n, seed=1))
+    return a.mean(), b.mean(), 0.5 * (a.mean() + b.mean())
+
+
+def assert_single_open_sheet(mesh, n_loops):
+    assert mesh.GetNumberOfCells() > 100
+    assert meshtools.back_to_back_face_pairs(mesh) == 0
+    assert len(meshtools.boundary_loops(mesh)) == n_loops
+    assert meshtools.connected_components(mesh).max() == 0
+    assert meshtools.non_manifold_edge_count(polydata_triangles(mesh)) == 0
+
+
+# ------------------------------------------------------------------------------------------ the table
+def test_committed_table_matches_skimage_and_is_crack_free():
+    from NUDFCore.mc_table import MC_TRIANGLES
+
+    assert list(MC_TRIANGLES) == meshing.generate_mc_table()
+    # Any *global* sign field gives a closed, consistently wound surface inside the lattice.
+    rng = np.random.default_rng(0)
+    lat = meshing._Lattice(np.zeros(3), 1.0, (9, 9, 9))
+    keys = np.arange(10**3, dtype=np.int64)
+    cubes = np.argwhere(np.ones((9, 9, 9), bool))
+    for _ in range(3):
+        signs = rng.random(len(keys)) < 0.5
+        pts, tris = meshing._march(lat, cubes, keys, np.ones(len(keys)), signs)
+        directed = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+        _, dcount = np.unique(directed, axis=0, return_counts=True)
+        assert dcount.max() == 1  # consistent winding: no directed edge used twice
+        und, count = np.unique(np.sort(directed, axis=1), axis=0, return_counts=True)
+        assert count.max() == 2
+        open_edges = und[count == 1]
+        on_border = np.any((pts[open_edges] < 1e-9) | (pts[open_edges] > 9 - 1e-9), axis=2).all(axis=1)
+        assert on_border.all()  # the only open edges are on the lattice's outer faces
+
+
+# ---------------------------------------------------------------------------- exact and noisy fields
+@pytest.mark.parametrize("h", [0.5, 0.25])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_exact_udf_gives_one_open_sheet_within_5_percent_of_spacing(name, h):
+    shape, n_loops = SHAPES[name]
+    res = meshing.extract_open_surface(shape.udf, shape.udf_grad, *BOX, h, project_steps=1)
+    assert_single_open_sheet(res.mesh, n_loops)
+    to_surface, to_mesh, sym = surface_errors(shape, res.mesh)
+    assert sym <= 0.05 * h, (name, h, to_surface / h, to_mesh / h)
+    assert max(to_surface, to_mesh) <= 0.05 * h
+    # Area: no excess (no double layer), and the only deficit is the rim stopping short by < h/2.
+    exact_area = {"cap": 2 * np.pi * 64, "disk": np.pi * 49, "zone": 2 * np.pi * 81 * (np.cos(0.35) - np.cos(1.1))}
+    rim_length = {"cap": 2 * np.pi * 8, "disk": 2 * np.pi * 7, "zone": 2 * np.pi * 9 * (np.sin(0.35) + np.sin(1.1))}
+    area = meshtools.mesh_area(res.mesh)
+    assert exact_area[name] - 0.5 * h * rim_length[name] < area < 1.005 * exact_area[name]
+    u = meshing._point_array(res.mesh, "udf")
+    assert u is not None and u.mean() < 0.02 * h
+
+
+@pytest.mark.parametrize("h", [0.5, 0.25])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_noisy_udf_without_gradients_still_one_open_sheet(name, h):
+    shape, n_loops = SHAPES[name]
+    sigma = 0.05 * h
+
+    def noisy(p):
+        return np.maximum(shape.udf(p) + sigma * hash_normal(p, seed=3), 0.0)
+
+    res = meshing.extract_open_surface(noisy, None, *BOX, h)  # gradients from lattice differences
+    mesh = res.mesh
+    assert meshtools.connected_components(mesh).max() == 0
+    assert len(meshtools.boundary_loops(mesh)) == n_loops
+    _, _, sym = surface_errors(shape, mesh)
+    assert sym <= 0.1 * h, (name, h, sym / h)
+    assert res.n_grad_queries == 0
+
+
+def test_dense_grid_meshing_matches_adaptive_quality():
+    shape, _ = SHAPES["cap"]
+    h = 0.5
+    ax = np.arange(-11.0, 11.0 + 1e-9, h)
+    grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
+    u, g = shape.udf_grad(grid)
+    shp = (len(ax),) * 3
+    dense = meshing.mesh_udf_grid(u.reshape(shp), g.reshape(shp + (3,)), (-11.0, -11.0, -11.0), h, udf=shape.udf)
+    no_grad = meshing.mesh_udf_grid(u.reshape(shp), None, (-11.0, -11.0, -11.0), h)
+    adaptive = meshing.extract_open_surface(shape.udf, shape.udf_grad, *BOX, h, project_steps=0)
+    for m in (dense, no_grad):
+        assert_single_open_sheet(m, 1)
+        assert m.GetNumberOfCells() == pytest.approx(adaptive.mesh.GetNumberOfCells(), rel=0.03)
+        assert surface_errors(shape, m)[2] <= 0.05 * h
+    e_dense, e_adapt = surface_errors(shape, dense)[2], surface_errors(shape, adaptive.mesh)[2]
+    assert abs(e_dense - e_adapt) <= 0.005 * h
+    # the adaptive run asked for far fewer values than the dense grid has
+    assert adaptive.n_dense_queries == len(grid)
+    assert adaptive.n_queries + adaptive.n_grad_queries < 0.25 * len(grid)
+
+
+def test_adaptive_evaluation_saves_queries_in_a_large_box():
+    """A 15 mm cap in a 60 mm box at 0.25 mm: the narrow band costs a small fraction of the dense grid."""
+    shape = Zone([1.3, 0.7, -0.4], 7.5, 0.0, np.pi / 2)
+    res = meshing.extract_open_surface(shape.udf, shape.udf_grad, [-30.0] * 3, [30.0] * 3, 0.25)
+    assert res.n_dense_queries == 241**3
+    assert res.query_ratio > 40, res.query_ratio
+    assert res.stats["skipped_points"] > 0
+    assert_single_open_sheet(res.mesh, 1)
+    assert surface_errors(shape, res.mesh)[2] <= 0.05 * 0.25
+    assert set(res.timings) >= {"coarse", "refine", "signs", "marching_cubes", "face_filter", "total"}
+
+
+# ------------------------------------------------------------------------------ components, cancel
+def two_disks():
+    a, b = Disk([0.0, 0.0, -4.0], 5.0), Disk([0.0, 0.0, 4.0], 3.0)
+
+    def udf(p):
+        return np.minimum(a.udf(p), b.udf(p))
+
+    return a, b, udf
+
+
+def test_keep_point_selects_the_component_near_the_seed():
+    a, b, udf = two_disks()
+    both = meshing.extract_open_surface(udf, None, *BOX, 0.5)
+    assert meshtools.connected_components(both.mesh).max() == 1  # both disks kept without a seed
+    for disk, seed in ((a, [1.0, 1.0, -3.0]), (b, [0.5, 0.0, 5.5])):
+        res = meshing.extract_open_surface(udf, None, *BOX, 0.5, keep_point=seed)
+        pts = polydata_points(res.mesh)
+        assert meshtools.connected_components(res.mesh).max() == 0
+        assert np.abs(pts[:, 2] - disk.c[2]).max() < 0.25  # the other disk is 8 mm away
+        direct = meshing.keep_component_near(both.mesh, seed)
+        assert direct.GetNumberOfCells() == pytest.approx(res.mesh.GetNumberOfCells(), rel=0.02)
+        assert meshing._point_array(direct, "udf") is not None  # point data carried over
+
+
+def test_remove_small_components_drops_fragments_only():
+    _, _, udf = two_disks()
+    mesh = meshing.extract_open_surface(udf, None, *BOX, 0.5, min_component_fraction=0).mesh
+    area = meshtools.mesh_area(mesh)
+    assert meshtools.connected_components(meshing.remove_small_components(mesh, 0.2)).max() == 1
+    kept = meshing.remove_small_components(mesh, 0.3)  # the small disk is 9/34 = 26 % of the area
+    assert meshtools.connected_components(kept).max() == 0
+    assert meshtools.mesh_area(kept) == pytest.approx(area * 25 / 34, rel=0.03)
+
+
+def test_progress_is_reported_and_cancel_stops():
+    shape, _ = SHAPES["cap"]
+    seen: list[tuple[str, float]] = []
+    meshing.extract_open_surface(shape.udf, None, *BOX, 0.5, batch_size=2000, progress=lambda s, f: seen.append((s, f)))
+    stages = {s for s, _ in seen}
+    assert {"coarse", "face filter", "cleanup"} <= stages and any(s.startswith("refine") for s in stages)
+    assert all(0.0 <= f <= 1.0 for _, f in seen)
+
+    calls = {"n": 0}
+
+    def udf(p):
+        calls["n"] += 1
+        return shape.udf(p)
+
+    with pytest.raises(SegmentationCancelled):
+        meshing.extract_open_surface(udf, None, *BOX, 0.25, batch_size=1000, cancel=lambda: calls["n"] >= 3)
+    assert calls["n"] == 3  # stopped at the first poll after the third batch
+
+
+def test_bad_arguments_and_empty_fields_raise_typed_errors():
+    shape, _ = SHAPES["disk"]
+    with pytest.raises(InputError):
+        meshing.extract_open_surface(shape.udf, None, [0, 0, 0], [0, 1, 1], 0.5)
+    with pytest.raises(InputError):
+        meshing.extract_open_surface(shape.udf, None, *BOX, 0.0)
+    with pytest.raises(SegmentationError, match="No surface"):
+        meshing.extract_open_surface(lambda p: np.full(len(p), 50.0), None, *BOX, 0.5)
+    with pytest.raises(SegmentationError, match="non-finite"):
+        meshing.extract_open_surface(lambda p: np.full(len(p), np.nan), None, *BOX, 0.5)
+    assert issubclass(SegmentationCancelled, SegmentationError)
+
+
+# ------------------------------------------------------------------------ post-processing helpers
+def test_projection_moves_vertices_onto_the_zero_level():
+    shape, _ = SHAPES["cap"]
+    raw = meshing.extract_open_surface(shape.udf, None, *BOX, 0.5, project_steps=0).mesh
+    before = shape.udf(polydata_points(raw))
+    out = meshing.project_to_zero_level(raw, shape.udf_grad, steps=2)
+    after = shape.udf(polydata_points(out))
+    assert np.all(after <= before + 1e-12)  # a move is kept only where it helps
+    assert after.mean() < 0.2 * before.mean()
+    assert np.array_equal(polydata_triangles(out), polydata_triangles(raw))
+    assert meshtools.back_to_back_face_pairs(out) == 0
+
+
+def test_smoothing_keeps_size_and_boundary():
+    shape, _ = SHAPES["cap"]
+    h = 0.5
+
+    def noisy(p):
+        return np.maximum(shape.udf(p) + 0.05 * h * hash_normal(p, seed=5), 0.0)
+
+    mesh = meshing.extract_open_surface(noisy, None, *BOX, h).mesh
+    smooth = meshing.smooth_windowed_sinc(mesh, iterations=20, passband=0.1)
+    p0, p1 = polydata_points(mesh), polydata_points(smooth)
+    loop = meshtools.boundary_loops(mesh)[0]
+    assert np.array_equal(p0[loop], p1[loop])  # boundary vertices stay put
+    assert len(meshtools.boundary_loops(smooth)) == 1
+    assert meshtools.mesh_area(smooth) == pytest.approx(meshtools.mesh_area(mesh), rel=0.02)
+    r0 = np.linalg.norm(p0 - shape.c, axis=1).mean()
+    r1 = np.linalg.norm(p1 - shape.c, axis=1).mean()
+    assert abs(r1 - r0) < 0.01 * shape.r  # no shrinkage
+    assert shape.udf(p1).mean() <= shape.udf(p0).mean()  # smoothing removes noise, not shape
+
+
+def test_decimation_reduces_faces_and_keeps_it_open():
+    shape, _ = SHAPES["zone"]
+    mesh = meshing.extract_open_surface(shape.udf, shape.udf_grad, *BOX, 0.25).mesh
+    dec = meshing.decimate(mesh, 0.7)
+    assert dec.GetNumberOfCells() < 0.5 * mesh.GetNumberOfCells()
+    assert len(meshtools.boundary_loops(dec)) == 2
+    assert meshtools.connected_components(dec).max() == 0
+    assert shape.udf(meshtools.sample_surface(dec, 2000, seed=0)[0]).mean() < 0.05
+    with pytest.raises(InputError):
+        meshing.decimate(mesh, 1.0)
+
+
+def test_fill_small_holes_closes_a_punched_hole_with_matching_winding():
+    shape, _ = SHAPES["disk"]
+    mesh = meshing.extract_open_surface(shape.udf, None, *BOX, 0.5).mesh
+    pts, tris = polydata_points(mesh), polydata_triangles(mesh)
+    centre = np.argmin(np.linalg.norm(pts - shape.c, axis=1))
+    holed = make_polydata(pts, tris[~np.any(tris == centre, axis=1)])  # remove the faces around one vertex
+    assert len(meshtools.boundary_loops(holed)) == 2
+    filled, n = meshing.fill_small_holes(holed, 12)
+    assert n == 1 and len(meshtools.boundary_loops(filled)) == 1
+    ft = polydata_triangles(filled)
+    directed = np.concatenate([ft[:, [0, 1]], ft[:, [1, 2]], ft[:, [2, 0]]])
+    assert np.unique(directed, axis=0).shape[0] == len(directed)  # consistent winding
