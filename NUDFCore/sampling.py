@@ -537,11 +537,17 @@ def sample_case(
     n_edge = counts[KIND_EDGE]
     edge_p, edge_d = np.zeros((0, 3)), np.zeros(0)
     if n_edge and len(e_idx):
-        draw = e_idx[rng.integers(0, len(e_idx), size=min(max(3 * n_edge, 1000), 20 * len(e_idx)))]
-        cand = _jitter_voxels(volume, draw, e_step, rng)
-        dcand = unsigned_distance(mesh_lps, cand)
-        ok = dcand > hard_min_mm
-        edge_p, edge_d = cand[ok][:n_edge], dcand[ok][:n_edge]
+        got_p, got_d, have, tried = [], [], 0, 0
+        while have < n_edge and tried < 20 * n_edge:  # draw in rounds: exact distances of far points are costly
+            m = max(256, int(1.25 * (n_edge - have)) + 16)
+            cand = _jitter_voxels(volume, e_idx[rng.integers(0, len(e_idx), size=m)], e_step, rng)
+            dcand = unsigned_distance(mesh_lps, cand)
+            ok = dcand > hard_min_mm
+            got_p.append(cand[ok])
+            got_d.append(dcand[ok])
+            have += int(ok.sum())
+            tried += m
+        edge_p, edge_d = np.concatenate(got_p)[:n_edge], np.concatenate(got_d)[:n_edge]
     shortfall = n_edge - len(edge_p)
     if shortfall:
         logger.warning(
