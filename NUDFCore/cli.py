@@ -220,6 +220,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-mm", type=float, default=None, help="crop cube side in mm (default: 70)")
     p.add_argument("--hard-negatives", type=float, default=0.2,
                    help="share of hard-negative query points (other edges, beyond the ostium; default: 0.2)")
+    p.add_argument("--sample-points", type=int, default=200_000,
+                   help="query samples computed (and cached) per case (default: 200000)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=Path, metavar="CKPT",
                    help="continue training from OUT's .last.pt (or from CKPT); --epochs is the new total")
@@ -236,6 +238,7 @@ def _run_train(args: argparse.Namespace) -> int:
         points=args.points, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
         seed=args.seed, device=args.device, preset=args.preset, crop_n=args.crop_n, crop_mm=args.crop_mm,
         hard_negative_fraction=args.hard_negatives, threads=args.threads, resume=args.resume, force=args.force,
+        sample_points=args.sample_points,
     )
     result = train(config, progress=not args.quiet)
     if result["rank"] == 0 and result["history"]:

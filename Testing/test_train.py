@@ -199,13 +199,23 @@ def test_ddp_two_processes_gloo(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ phantoms
+N_SAMPLES = 40_000  # per case; the fixture computes them once and the copies reuse the on-disk cache
+
+
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    """Two compact phantoms written as a dataset; their samples are computed once and cached on disk."""
+    """A dataset of two cases: one compact phantom (with its samples cached) and a copy of it.
+
+    Generating a phantom and its samples is the slow part; the copy exercises the train/val split for free.
+    """
     phantom = pytest.importorskip("NUDFCore.phantom")
+    from NUDFCore.data import list_cases
+    from NUDFCore.sampling import load_or_sample
+
     root = tmp_path_factory.mktemp("phantoms")
-    for seed in (0, 1):
-        phantom.write_case(phantom.generate_case(seed, size="compact"), root / f"case{seed:03d}")
+    phantom.write_case(phantom.generate_case(0, size="compact"), root / "case000")
+    load_or_sample(list_cases(root)[0], n_points=N_SAMPLES, seed=0)
+    shutil.copytree(root / "case000", root / "case001")
     return root
 
 
@@ -217,10 +227,10 @@ def test_tiny_model_overfits_one_phantom_below_1mm(phantom_data, tmp_path):
     data = tmp_path / "one"
     data.mkdir()
     shutil.copytree(phantom_data / "case000", data / "case000")
-    samples = load_or_sample(list_cases(data)[0], n_points=40_000, seed=0)
+    samples = load_or_sample(list_cases(data)[0], n_points=N_SAMPLES, seed=0)
     assert (samples.distance_mm < 2.0).sum() > 5000
     cfg = TrainConfig(data=data, out=tmp_path / "m.pt", preset="tiny", epochs=6, steps_per_epoch=40, points=3000,
-                      lr=3e-3, val_fraction=0.0, sample_points=40_000, augment=False, val_points=10_000, seed=0)
+                      lr=3e-3, val_fraction=0.0, sample_points=N_SAMPLES, augment=False, val_points=10_000, seed=0)
     result = train(cfg, progress=False)
     hist = result["history"]
     first, last = hist[0]["val_near_mae_mm"], min(h["val_near_mae_mm"] for h in hist)
@@ -236,14 +246,15 @@ def test_tiny_model_overfits_one_phantom_below_1mm(phantom_data, tmp_path):
 def test_cli_train_one_epoch_then_resume(phantom_data, tmp_path, capsys):
     out = tmp_path / "m.pt"
     args = ["train", "--data", str(phantom_data), "--out", str(out), "--preset", "tiny", "--epochs", "1",
-            "--steps-per-epoch", "3", "--points", "500", "--val-fraction", "0.5", "--threads", "2"]
+            "--steps-per-epoch", "3", "--points", "500", "--val-fraction", "0.5", "--threads", "2",
+            "--sample-points", str(N_SAMPLES)]
     assert cli_main(args) == 0
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "loss=" in err  # tqdm bars with running loss
     model = load_checkpoint(out)
     assert model.config.crop_n == 32
     extra = model.checkpoint_info["extra"]
-    assert len(extra["train_cases"]) == 1 and len(extra["val_cases"]) == 1
+    assert sorted(extra["train_cases"] + extra["val_cases"]) == ["case000", "case001"]
     assert not extra["validation_on_training_cases"]
     assert cli_main(args) == 2  # refuses to overwrite
     assert "already exists" in capsys.readouterr().err
