@@ -287,7 +287,9 @@ class _Store:
 
 
 # ------------------------------------------------------------------------------------------ pseudo-signs
-def _grid_gradients(lat: _Lattice, store: _Store, node_ijk: np.ndarray, ev: _Evaluator | None) -> np.ndarray:
+def _grid_gradients(
+    lat: _Lattice, store: _Store, node_ijk: np.ndarray, ev: _Evaluator | None, floor: float = 0.0
+) -> np.ndarray:
     """Gradient of u at lattice nodes from lattice differences (missing neighbours evaluated when possible).
 
     Per axis: the central difference, except where the two one-sided differences disagree in sign (the node
@@ -314,7 +316,7 @@ def _grid_gradients(lat: _Lattice, store: _Store, node_ijk: np.ndarray, ev: _Eva
             # nodes within a step of the surface, where the straddle test needs both sides.
             _, klo_known = store.find(klo)
             _, khi_known = store.find(khi)
-            near = uc < lat.h
+            near = uc < lat.h + floor
             want = np.concatenate([klo[has_lo & near & ~klo_known], khi[has_hi & near & ~khi_known]])
             want = np.concatenate([want, klo[has_lo & ~klo_known & ~(has_hi & khi_known)]])
             store.evaluate_missing(lat, want, ev, "gradients")
@@ -387,13 +389,26 @@ def _propagate_signs(lat: _Lattice, node_keys: np.ndarray, grads: np.ndarray) ->
 
 
 # -------------------------------------------------------------------------------------- marching cubes
-def _candidate_cubes(cu: np.ndarray, h: float, slack: float) -> np.ndarray:
+def _candidate_cubes(cu: np.ndarray, h: float, slack: float, floor: float = 0.0) -> np.ndarray:
     """Cubes the surface may cross (MeshUDF's test, loosened by ``slack * h`` for noisy fields).
 
     A surface through a cube is within a diagonal (sqrt(3) h) of every corner, and the corners' mean
-    distance is at most ~0.87 h for a plane (MeshUDF uses 1.05 h).
+    distance is at most ~0.87 h for a plane (MeshUDF uses 1.05 h). ``floor``: the field's value on its
+    own surface (0 for an exact UDF; a network's minimum often stays above 0).
     """
-    return (cu.max(axis=1) <= (_SQRT3 + slack) * h) & (cu.mean(axis=1) <= (1.05 + slack) * h)
+    return (cu.max(axis=1) <= (_SQRT3 + slack) * h + floor) & (cu.mean(axis=1) <= (1.05 + slack) * h + floor)
+
+
+def estimate_floor(cell_min_u: np.ndarray) -> float:
+    """The value a field takes on its own zero level, from the corner minima of the narrow-band cells.
+
+    An exact UDF gives 0; a smoothed or biased one (a network that never quite reaches 0) gives roughly
+    its minimum. The 5th percentile of the per-cell minima is robust to noise (it undershoots by about the
+    noise level) and to the many band cells that do not touch the surface.
+    """
+    if len(cell_min_u) == 0:
+        return 0.0
+    return float(max(0.0, np.percentile(cell_min_u, 5)))
 
 
 def _march(
@@ -474,14 +489,17 @@ def _band_to_mesh(
     *,
     candidate_slack: float,
     use_grad_fn: bool,
+    field_floor: float | None,
     stats: dict,
     timings: dict,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudo-sign marching cubes over the narrow-band cells: raw (points, triangles) before filtering."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Pseudo-sign marching cubes over the narrow-band cells: raw (points, triangles, floor) before filtering."""
     h = lat.h
     t0 = time.perf_counter()
     cu = store.value_or_bound(lat.key(cells[:, None, :] + _CORNERS[None]))
-    cubes = cells[_candidate_cubes(cu, h, candidate_slack)]
+    floor = estimate_floor(cu.min(axis=1)) if field_floor is None else float(field_floor)
+    stats["field_floor"] = floor
+    cubes = cells[_candidate_cubes(cu, h, candidate_slack, floor)]
     stats["candidate_cubes"] = int(len(cubes))
     if len(cubes) == 0:
         raise SegmentationError("No surface found: the distance field never comes close to zero in the box.")
@@ -493,16 +511,16 @@ def _band_to_mesh(
         assert ev is not None
         _, grads = ev.grad(lat.points(node_ijk), "gradients")
     else:
-        grads = _grid_gradients(lat, store, node_ijk, ev)
+        grads = _grid_gradients(lat, store, node_ijk, ev, floor)
     t1 = time.perf_counter()
     timings["gradients"] = t1 - t0
     signs = _propagate_signs(lat, node_keys, grads)
     t2 = time.perf_counter()
     timings["signs"] = t2 - t1
-    pts, tris = _march(lat, cubes, node_keys, node_u, signs)
+    pts, tris = _march(lat, cubes, node_keys, np.maximum(node_u - floor, 0.0), signs)
     timings["marching_cubes"] = time.perf_counter() - t2
     stats["raw_faces"] = int(len(tris))
-    return pts, tris
+    return pts, tris, floor
 
 
 # ---------------------------------------------------------------------------------------- dense version
@@ -516,6 +534,7 @@ def mesh_udf_grid(
     udf: UDFFn | None = None,
     face_filter: float = 0.5,
     candidate_slack: float = 0.25,
+    field_floor: float | None = None,
 ) -> vtk.vtkPolyData:
     """Single-layer open surface from a UDF sampled on a regular grid ``u[i, j, k]`` at ``origin + spacing*(i,j,k)``.
 
@@ -544,25 +563,30 @@ def mesh_udf_grid(
     for di, dj, dk in _CORNERS[1:]:
         cv &= valid[di : di + u.shape[0] - 1, dj : dj + u.shape[1] - 1, dk : dk + u.shape[2] - 1]
     cells = np.argwhere(cv)
+    # The same narrow band as the adaptive path (which also makes the floor estimate meaningful).
+    cmin = store.get(lat.key(cells[:, None, :] + _CORNERS[None])).min(axis=1)
+    cells = cells[cmin <= (0.5 * _SQRT3 + 1.0) * spacing + (field_floor or 0.0)]
     stats: dict = {}
     timings: dict = {}
     if grad is None:
-        pts, tris = _band_to_mesh(
-            lat, store, cells, None, candidate_slack=candidate_slack, use_grad_fn=False, stats=stats, timings=timings
+        pts, tris, floor = _band_to_mesh(
+            lat, store, cells, None, candidate_slack=candidate_slack, use_grad_fn=False, field_floor=field_floor,
+            stats=stats, timings=timings,
         )
     else:
         g = np.asarray(grad, dtype=np.float64)
         ev = _Evaluator(lambda p: np.zeros(len(p)), lambda p: _grid_lookup(lat, g, p), 1 << 30, None, None)
-        pts, tris = _band_to_mesh(
-            lat, store, cells, ev, candidate_slack=candidate_slack, use_grad_fn=True, stats=stats, timings=timings
+        pts, tris, floor = _band_to_mesh(
+            lat, store, cells, ev, candidate_slack=candidate_slack, use_grad_fn=True, field_floor=field_floor,
+            stats=stats, timings=timings,
         )
     if len(tris) == 0:
         return make_polydata(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
     if udf is not None:
         vu = _checked(np.asarray(udf(pts), dtype=np.float64).reshape(-1), "distance")
-        keep = vu[tris].max(axis=1) <= face_filter * spacing
+        keep = vu[tris].max(axis=1) <= floor + face_filter * spacing
     else:
-        keep = _plausible_faces(lat, store, pts, tris, face_filter)
+        keep = _plausible_faces(lat, store, pts, tris, face_filter, floor)
         vu = None
     keep &= _drop_degenerate_and_duplicates(tris)
     p, t, used = _compact(pts, tris, keep)
@@ -576,7 +600,9 @@ def _grid_lookup(lat: _Lattice, g: np.ndarray, points: np.ndarray) -> tuple[np.n
     return np.zeros(len(points)), g[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
 
 
-def _plausible_faces(lat: _Lattice, store: _Store, pts: np.ndarray, tris: np.ndarray, face_filter: float) -> np.ndarray:
+def _plausible_faces(
+    lat: _Lattice, store: _Store, pts: np.ndarray, tris: np.ndarray, face_filter: float, floor: float
+) -> np.ndarray:
     """Faces all of whose vertices sit on edges where a zero crossing is geometrically possible."""
     h = lat.h
     base = np.floor((pts - lat.origin) / h + 1e-9).astype(np.int64)
@@ -587,7 +613,7 @@ def _plausible_faces(lat: _Lattice, store: _Store, pts: np.ndarray, tris: np.nda
     hi[np.arange(len(hi)), axis] += 1
     hi = np.minimum(hi, lat.n)
     s = store.get(lat.key(lo)) + store.get(lat.key(hi))
-    ok_v = s <= (1.0 + face_filter) * h
+    ok_v = s <= (1.0 + face_filter) * h + 2.0 * floor
     return ok_v[tris].all(axis=1)
 
 
@@ -683,6 +709,7 @@ def extract_open_surface(
     band_margin: float | None = None,
     candidate_slack: float = 0.25,
     lipschitz: float | None = 1.0,
+    field_floor: float | None = None,
     batch_size: int = 200_000,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -726,17 +753,18 @@ def extract_open_surface(
     stats["levels"] = levels + 1
     margin = h if band_margin is None else float(band_margin)
 
-    final_threshold = (_SQRT3 + candidate_slack) * h
+    final_threshold = (_SQRT3 + candidate_slack) * h + (margin if field_floor is None else field_floor)
     store, cells = _refine(lat, levels, ev, margin, final_threshold, lipschitz, stats, timings)
     if len(cells) == 0:
         raise SegmentationError("No surface found: the distance field never comes close to zero in the box.")
-    pts, tris = _band_to_mesh(
+    pts, tris, floor = _band_to_mesh(
         lat,
         store,
         cells,
         ev,
         candidate_slack=candidate_slack,
         use_grad_fn=udf_grad is not None,
+        field_floor=field_floor,
         stats=stats,
         timings=timings,
     )
@@ -745,7 +773,7 @@ def extract_open_surface(
 
     t0 = time.perf_counter()
     vu = ev.u(pts, "face filter")
-    keep = (vu[tris].max(axis=1) <= face_filter * h) & _drop_degenerate_and_duplicates(tris)
+    keep = (vu[tris].max(axis=1) <= floor + face_filter * h) & _drop_degenerate_and_duplicates(tris)
     pts, tris, used = _compact(pts, tris, keep)
     vu = vu[used]
     stats["filtered_faces"] = int(len(tris))
