@@ -637,6 +637,7 @@ def _refine(
     ev: _Evaluator,
     band_margin: float,
     final_threshold: float,
+    floor_allowance: float | None,
     lipschitz: float | None,
     stats: dict,
     timings: dict,
@@ -672,6 +673,11 @@ def _refine(
             break
         step //= 2
         level += 1
+        if step == 1 and floor_allowance is None:
+            # Last split: the field's floor, estimated on the parent cells, bounds what the candidates need.
+            final_threshold += estimate_floor(cu.min(axis=1)) + 0.25 * lat.h
+        elif step == 1:
+            final_threshold += floor_allowance
         local = lat.key(cells[:, None, :] + step * _LOCAL27[None]).ravel()
         if lipschitz is None:
             store.evaluate_missing(lat, local, ev, f"refine {level}/{levels}")
@@ -753,8 +759,8 @@ def extract_open_surface(
     stats["levels"] = levels + 1
     margin = h if band_margin is None else float(band_margin)
 
-    final_threshold = (_SQRT3 + candidate_slack) * h + (margin if field_floor is None else field_floor)
-    store, cells = _refine(lat, levels, ev, margin, final_threshold, lipschitz, stats, timings)
+    final_threshold = (_SQRT3 + candidate_slack) * h
+    store, cells = _refine(lat, levels, ev, margin, final_threshold, field_floor, lipschitz, stats, timings)
     if len(cells) == 0:
         raise SegmentationError("No surface found: the distance field never comes close to zero in the box.")
     pts, tris, floor = _band_to_mesh(
