@@ -412,3 +412,44 @@ def test_sampleset_rejects_inconsistent_files(tmp_path):
         sampling.SampleSet.load(path)
     with pytest.raises(sampling.SampleCacheError, match="No sample file"):
         sampling.SampleSet.load(tmp_path / "missing.npz")
+
+
+# ------------------------------------------------------------------------------------------------ phantom
+
+
+@pytest.fixture(scope="module")
+def phantom_samples():
+    phantom = pytest.importorskip("NUDFCore.phantom")
+    case = phantom.generate_case(3, size="compact")
+    meta = case.meta
+    geom = {k: np.asarray(meta[k], float) for k in ("seed_lps", "ostium_center_lps", "ostium_normal_lps")}
+    s = sampling.sample_case(case.volume, case.mesh_lps, n_points=20_000, seed=0, n_lumen=300, **geom)
+    return case, geom, s
+
+
+def test_phantom_samples_are_anatomically_placed(phantom_samples):
+    case, geom, s = phantom_samples
+    vol, mesh = case.volume, case.mesh_lps
+    assert sampling.lumen_side_sign(mesh, geom["seed_lps"]) == 1  # the phantom winds normals out of the lumen
+
+    def hu(p):
+        return ndimage.map_coordinates(vol.array.astype(np.float64), vol.lps_to_index(p)[:, ::-1].T, order=1)
+
+    lumen = s.lumen_points_lps.astype(np.float64)
+    assert len(lumen) == 300
+    assert np.all((lumen - geom["ostium_center_lps"]) @ geom["ostium_normal_lps"] > 0)
+    assert np.median(hu(lumen)) > 250 and np.mean(hu(lumen) > 150) > 0.9  # blood (filling defect aside)
+    # Exact distances on the real GT mesh (subset vs the independent brute force).
+    rng = np.random.default_rng(1)
+    idx = np.concatenate([rng.choice(np.flatnonzero(s.kind == k), 20, replace=False) for k in range(5)])
+    ref = brute_force_distance(s.points_lps[idx].astype(np.float64), polydata_points(mesh), polydata_triangles(mesh))
+    np.testing.assert_allclose(s.distance_mm[idx], ref, atol=2e-4)
+    # Hard negatives: far from the GT on strong edges; beyond-ostium ones on the LA side.
+    assert np.all(s.distance_mm[s.kind == 3] > 2.0)
+    sm = ndimage.gaussian_filter(vol.array.astype(np.float64), 1.0 / vol.spacing[::-1])
+    gmag = np.sqrt(sum((g / sp) ** 2 for g, sp in zip(np.gradient(sm), vol.spacing[::-1])))
+    g3 = ndimage.map_coordinates(gmag, vol.lps_to_index(s.points_lps[s.kind == 3])[:, ::-1].T, order=1)
+    g2 = ndimage.map_coordinates(gmag, vol.lps_to_index(s.points_lps[s.kind == 2])[:, ::-1].T, order=1)
+    assert np.median(g3) > 30.0 and np.median(g3) > 4 * np.median(g2)
+    beyond = s.points_lps[s.kind == 4].astype(np.float64)
+    assert np.all((beyond - geom["ostium_center_lps"]) @ geom["ostium_normal_lps"] < 0)
