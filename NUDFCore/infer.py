@@ -80,7 +80,7 @@ class SegmentOptions:
     two_pass: bool = True
     """Re-centre the crop on the first pass's surface and evaluate again when it is off-centre."""
     coarse_resolution_mm: float | None = None
-    """First level of the adaptive evaluation (default: about 8× the final resolution)."""
+    """First level of the adaptive evaluation (default: the meshing module's, ≤ 2 mm)."""
     face_filter: float = 0.5
     """Drop faces whose vertices' predicted distance exceeds this × resolution (noise tolerance)."""
     min_component_fraction: float = 0.02
@@ -154,6 +154,8 @@ class _Stages:
 _HU_AIR_MAX = -500.0  # a chest CT always contains lung/air darker than this
 _HU_CONTRAST_MIN = 100.0  # and tissue/contrast brighter than this
 _SEED_AIR_HU = -300.0  # a seed darker than this (mean of its neighbourhood) is in lung/air
+#: A network whose distances never fall below this near the seed has not found a surface there.
+_MAX_FIELD_FLOOR_MM = 1.0
 
 
 def check_ct_plausible(ct: Volume) -> None:
@@ -341,7 +343,6 @@ def segment(
     centre = np.asarray(opts.crop_center_lps, dtype=np.float64).reshape(3) if opts.crop_center_lps is not None else seed
     passes = 2 if (opts.two_pass and opts.crop_center_lps is None) else 1
     h = float(opts.resolution_mm)
-    coarse = float(opts.coarse_resolution_mm or min(max(8 * h, 1.0), 4.0))
     n_queries = n_grad = n_dense = 0
     mesh = None
     fieldfn: NetworkField | None = None
@@ -354,7 +355,7 @@ def segment(
         margin = 2.0 * max(h, geom.spacing_mm)
         lo = geom.center_lps - geom.half_size_mm + margin
         hi = geom.center_lps + geom.half_size_mm - margin
-        res = h if final else max(4 * h, 1.0)
+        res = h if final else max(h, min(4 * h, 2.0))  # the first pass only locates the LAA
         stage_name = "surface" if final else "surface (first pass)"
 
         def _progress(sub: str, frac: float, _name=stage_name) -> None:
@@ -367,7 +368,7 @@ def segment(
                 lo,
                 hi,
                 res,
-                coarse_resolution=max(coarse, res),
+                coarse_resolution=(max(opts.coarse_resolution_mm, res) if opts.coarse_resolution_mm else None),
                 keep_point=seed,
                 face_filter=opts.face_filter,
                 project_steps=1,
@@ -378,6 +379,13 @@ def segment(
         n_queries, n_grad = n_queries + mres.n_queries, n_grad + mres.n_grad_queries
         n_dense += mres.n_dense_queries
         mesh = mres.mesh
+        floor = float(mres.stats.get("field_floor", 0.0))
+        if floor > _MAX_FIELD_FLOOR_MM:
+            raise SegmentationError(
+                f"The network never predicts the surface near the seed: its smallest distances are about "
+                f"{floor:.2f} mm, not ~0. The model does not recognise an LAA here (wrong seed, wrong kind of "
+                "image, or a model that does not fit this CT)."
+            )
         if mesh is None or mesh.GetNumberOfCells() == 0:
             raise SegmentationError(
                 "The network found no LAA surface around the seed (the predicted distance field is far "
@@ -413,6 +421,7 @@ def segment(
             "n_queries": int(n_queries + len(pts)),
             "n_grad_queries": int(n_grad),
             "n_dense_queries": int(n_dense),
+            "field_floor_mm": floor,
             "passes": passes,
             "device": str(device),
             "resolution_mm": h,
