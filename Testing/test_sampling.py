@@ -199,6 +199,27 @@ def test_shape_diameter_and_sigma_follow_local_tube_width():
     assert med_thick > 2.0 * med_thin
 
 
+def test_thin_faces_are_oversampled_and_missing_edges_fall_back_to_uniform(caplog):
+    mesh = tube(smoothstep_radius(1.2, 5.0))  # thin part: SD ≈ 2.4 mm < 3.5 mm; thick part ≈ 10 mm
+    pts, tris = polydata_points(mesh), polydata_triangles(mesh)
+    cz = pts[tris].mean(axis=1)[:, 2]
+    area = np.linalg.norm(np.cross(pts[tris[:, 1]] - pts[tris[:, 0]], pts[tris[:, 2]] - pts[tris[:, 0]]), axis=1) / 2
+    flat = Volume(np.full((8, 8, 8), 40, np.int16), [12.0] * 3, [-48.0] * 3)  # no intensity edge anywhere
+    with caplog.at_level("WARNING", logger="NUDFCore.sampling"):
+        s = sampling.sample_case(
+            flat, mesh, seed_lps=[0, 0, 20], ostium_center_lps=[0, 0, -40], ostium_normal_lps=[0, 0, 1],
+            n_points=20_000, seed=0, mix={0: 0.9, 3: 0.1}, n_lumen=50, thin_weight=10.0,
+        )
+    assert s.counts()[3] == 0 and s.counts()[2] == 2000 and len(s) == 20_000
+    assert any("edge hard negatives" in r.getMessage() for r in caplog.records)
+    z = s.points_lps[s.kind == 0, 2]
+    thin, thick = (-30, -12), (12, 30)
+    density = [
+        ((z > lo) & (z < hi)).sum() / area[(cz > lo) & (cz < hi)].sum() for lo, hi in (thin, thick)
+    ]
+    assert 8.0 < density[0] / density[1] < 12.5, density
+
+
 def test_sigma_is_clamped():
     np.testing.assert_allclose(sampling.sigma_from_sd([0.0, 4.0, 100.0]), [0.1, 1.0, 3.0])
 
