@@ -463,6 +463,6 @@ class NUDFSegmentationTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(modelNode.GetDisplayNode())
         self.assertGreater(result.quality["boundary_loops"], 0, "the LAA surface must be open")
         gt = read_mesh(case["laa"])
-        d = meshtools.point_to_mesh_distance(polydata_points(result.mesh_lps), gt)
+        d = meshtools.point_to_mesh_distance(gt, polydata_points(result.mesh_lps))[0]
         self.assertLess(float(np.mean(d)), 2.0, "mean distance to the ground truth too large")
         self.delayDisplay(f"Test passed: {result.summary()}, mean distance to GT {np.mean(d):.2f} mm")

@@ -80,7 +80,7 @@ def test_mesh_is_open_and_near_the_ground_truth(segmented, case):
     mesh_lps = segmented["result"].mesh_lps
     assert len(meshtools.boundary_loops(mesh_lps)) >= 1, "the LAA surface must be open at the ostium"
     gt_lps = read_mesh(case["laa"])
-    d = meshtools.point_to_mesh_distance(polydata_points(mesh_lps), gt_lps)
+    d = meshtools.point_to_mesh_distance(gt_lps, polydata_points(mesh_lps))[0]
     assert float(np.mean(d)) < MAX_MEAN_DISTANCE_MM, f"mean distance to GT {np.mean(d):.2f} mm"
     # the mesh surrounds the seed (it segmented the appendage the user clicked, not another structure)
     pts = polydata_points(mesh_lps)
@@ -119,7 +119,7 @@ def test_background_worker_end_to_end(case, tiny_model_path):
     assert model.GetDisplayNode() is not None and model.GetName() == "PhantomCT LAA"
     gt_lps = read_mesh(case["laa"])
     mesh_lps = SegmentationLogic(scene).meshLpsFromModelNode(model)
-    d = meshtools.point_to_mesh_distance(polydata_points(mesh_lps), gt_lps)
+    d = meshtools.point_to_mesh_distance(gt_lps, polydata_points(mesh_lps))[0]
     assert float(np.mean(d)) < MAX_MEAN_DISTANCE_MM
     assert not worker.workDir.exists()  # temporary NRRD/VTP removed
 

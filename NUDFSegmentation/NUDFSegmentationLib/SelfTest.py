@@ -47,14 +47,13 @@ def addSeedNode(scene, seed_ras, name: str = "LAA seed"):
 
 
 def makePhantomCase(folder: str | Path, seed: int = 0) -> dict:
-    """Write one synthetic case (ct.nii.gz, laa.vtp, meta.json) with the engine's phantom generator.
+    """Write one compact synthetic case (ct.nii.gz, laa.vtp, meta.json) with the engine's phantom generator.
 
     Returns ``{"ct": Path, "laa": Path, "seed_ras": array, "seed_lps": array}``.
     """
     from NUDFCore import phantom
 
-    folder = Path(folder)
-    caseDir = Path(phantom.write_case(folder, seed=seed))
+    caseDir = Path(phantom.write_case(phantom.generate_case(seed, size="compact"), Path(folder) / "case", overwrite=True))
     meta = json.loads((caseDir / "meta.json").read_text())
     return {
         "ct": caseDir / "ct.nii.gz",
