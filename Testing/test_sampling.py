@@ -187,7 +187,7 @@ def test_shape_diameter_and_sigma_follow_local_tube_width():
     vol = Volume(np.zeros((10, 10, 10), np.int16), [10.0] * 3, [-50.0] * 3)  # no edges at all
     s = sampling.sample_case(
         vol, mesh, seed_lps=[0, 0, 20], ostium_center_lps=[0, 0, -40], ostium_normal_lps=[0, 0, 1],
-        n_points=40_000, seed=0, mix={0: 1.0}, n_lumen=200,
+        n_points=40_000, seed=0, mix={0: 1.0}, n_lumen=200, sd_max_faces=2000,
     )
     z, d = s.points_lps[:, 2], s.distance_mm
     r = np.linalg.norm(s.points_lps[:, :2], axis=1)
@@ -208,7 +208,7 @@ def test_thin_faces_are_oversampled_and_missing_edges_fall_back_to_uniform(caplo
     with caplog.at_level("WARNING", logger="NUDFCore.sampling"):
         s = sampling.sample_case(
             flat, mesh, seed_lps=[0, 0, 20], ostium_center_lps=[0, 0, -40], ostium_normal_lps=[0, 0, 1],
-            n_points=20_000, seed=0, mix={0: 0.9, 3: 0.1}, n_lumen=50, thin_weight=10.0,
+            n_points=20_000, seed=0, mix={0: 0.9, 3: 0.1}, n_lumen=50, thin_weight=10.0, sd_max_faces=2000,
         )
     assert s.counts()[3] == 0 and s.counts()[2] == 2000 and len(s) == 20_000
     assert any("edge hard negatives" in r.getMessage() for r in caplog.records)
@@ -393,15 +393,15 @@ class FakeCase:
 
 def test_cache_round_trip_and_corrupt_cache_regenerated(tmp_path):
     case = FakeCase(tmp_path)
-    first = sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100)
+    first = sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100, sd_max_faces=1000)
     files = list(tmp_path.glob("samples_*.npz"))
     assert len(files) == 1 and case.volume_loads == 1
-    again = sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100)
+    again = sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100, sd_max_faces=1000)
     assert case.volume_loads == 1  # served from the cache
     for f in ("points_lps", "distance_mm", "kind", "lumen_points_lps", "box_lps"):
         np.testing.assert_array_equal(getattr(again, f), getattr(first, f))
     # Other parameters -> another file.
-    sampling.load_or_sample(case, n_points=3000, seed=5, n_lumen=100)
+    sampling.load_or_sample(case, n_points=3000, seed=5, n_lumen=100, sd_max_faces=1000)
     assert len(list(tmp_path.glob("samples_*.npz"))) == 2 and case.volume_loads == 2
     # Corrupt (garbage) and truncated caches are detected, regenerated and rewritten.
     raw = files[0].read_bytes()
@@ -410,13 +410,13 @@ def test_cache_round_trip_and_corrupt_cache_regenerated(tmp_path):
         with pytest.raises(sampling.SampleCacheError):
             sampling.SampleSet.load(files[0])
         loads = case.volume_loads
-        regen = sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100)
+        regen = sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100, sd_max_faces=1000)
         assert case.volume_loads == loads + 1
         np.testing.assert_array_equal(regen.points_lps, first.points_lps)
         np.testing.assert_array_equal(sampling.SampleSet.load(files[0]).distance_mm, first.distance_mm)
     # cache=False neither reads nor writes.
     files[0].unlink()
-    sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100, cache=False)
+    sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100, sd_max_faces=1000, cache=False)
     assert not files[0].exists()
 
 
