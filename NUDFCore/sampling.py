@@ -600,16 +600,17 @@ def sample_case(
     order = rng.permutation(len(points))
 
     # -- lumen points: surface points moved halfway across the lumen, kept if really inside on the LAA side
-    lumen = _lumen_points(mesh_lps, pts, tris, areas, outward, sign, sd_in, o_c, o_n, n_lumen, rng)
+    lumen = _lumen_points(mesh_lps, pts, tris, areas, outward, sign, sd_in, o_c, o_n, n_lumen, rng, seed_lps)
     return SampleSet(points[order], distance[order], kind[order], lumen, box)
 
 
 def _lumen_points(
-    mesh_lps, pts, tris, areas, outward, sign, sd_in, o_c, o_n, n_lumen, rng
+    mesh_lps, pts, tris, areas, outward, sign, sd_in, o_c, o_n, n_lumen, rng, seed_lps
 ) -> np.ndarray:
     """Points inside the LAA lumen: surface samples moved inward by SD_in/2 (at most 15 mm), kept when on the
     LAA side of the ostium plane, on the lumen side of the nearest surface, and at least a third of that move
-    away from the wall (a move that crossed a wall lands close to it or on the wrong side)."""
+    away from the wall (a move that crossed a wall lands close to it or on the wrong side). Never empty:
+    the seed stands in when nothing qualifies, since training draws crop centres from these."""
     if n_lumen <= 0:
         return np.zeros((0, 3))
     kept: list[np.ndarray] = []
@@ -620,16 +621,16 @@ def _lumen_points(
         q = p - move[:, None] * outward[fid]
         ok = (q - o_c) @ o_n > 0.0
         q, move = q[ok], move[ok]
-        sd = sign * _winding_signed_distance(mesh_lps, q)  # negative on the lumen side
-        good = q[(sd <= -move / 3.0)]
+        signed = sign * _winding_signed_distance(mesh_lps, q)  # negative on the lumen side
+        good = q[signed <= -move / 3.0]
         kept.append(good)
         total += len(good)
         if total >= n_lumen:
             break
     out = np.concatenate(kept)[:n_lumen]
     if len(out) < n_lumen:
-        logger.warning("Only %d of %d lumen points found.", len(out), n_lumen)
-    return out
+        logger.warning("Only %d of %d lumen points found%s.", len(out), n_lumen, "" if len(out) else "; using the seed")
+    return out if len(out) else np.asarray(seed_lps, dtype=np.float64).reshape(1, 3)
 
 
 # ---------------------------------------------------------------------------------------------------- cache
