@@ -19,11 +19,14 @@ from NUDFCore.train import (
     PreparedCase,
     TrainConfig,
     draw_points,
+    evaluate,
     kind_shares,
     last_checkpoint_path,
+    prepare_case,
     train,
     training_crop,
     truncated_l1,
+    validation_crops,
 )
 
 torch.set_num_threads(2)
@@ -209,6 +212,7 @@ def phantom_data(tmp_path_factory):
     Generating a phantom and its samples is the slow part; the copy exercises the train/val split for free.
     """
     phantom = pytest.importorskip("NUDFCore.phantom")
+    pytest.importorskip("NUDFCore.data")
     from NUDFCore.data import list_cases
     from NUDFCore.sampling import load_or_sample
 
@@ -229,15 +233,25 @@ def test_tiny_model_overfits_one_phantom_below_1mm(phantom_data, tmp_path):
     shutil.copytree(phantom_data / "case000", data / "case000")
     samples = load_or_sample(list_cases(data)[0], n_points=N_SAMPLES, seed=0)
     assert (samples.distance_mm < 2.0).sum() > 5000
-    cfg = TrainConfig(data=data, out=tmp_path / "m.pt", preset="tiny", epochs=6, steps_per_epoch=40, points=3000,
+    cfg = TrainConfig(data=data, out=tmp_path / "m.pt", preset="tiny", epochs=3, steps_per_epoch=30, points=3000,
                       lr=3e-3, val_fraction=0.0, sample_points=N_SAMPLES, augment=False, val_points=10_000, seed=0)
+    # the same validation crop scored by the untrained network (train() seeds its initial weights the same way)
+    case = prepare_case(list_cases(data)[0], cfg, cfg.model_config())
+    torch.manual_seed(cfg.seed)
+    before = evaluate(NUDFNet(cfg.model_config()), validation_crops([case], cfg.model_config(), 10_000, 0),
+                      torch.device("cpu"))
     result = train(cfg, progress=False)
     hist = result["history"]
-    first, last = hist[0]["val_near_mae_mm"], min(h["val_near_mae_mm"] for h in hist)
-    print(f"near-surface mean |pred - true|: epoch 1 {first:.3f} mm -> best {last:.3f} mm; "
-          f"false-surface rate {hist[-1]['val_false_surface_rate']:.3f}")
-    assert last < 1.0
-    assert last < first
+    best = min(h["val_near_mae_mm"] for h in hist)
+    trace = " -> ".join(f"{h['val_near_mae_mm']:.3f}" for h in hist)
+    print(f"\nnear-surface mean |pred - true|: untrained {before['near_mae_mm']:.3f} -> {trace} mm; "
+          f"loss {before['loss']:.3f} -> {hist[-1]['val_loss']:.3f} mm; "
+          f"false-surface rate {before['false_surface_rate']:.3f} -> {hist[-1]['val_false_surface_rate']:.3f}")
+    assert best < 1.0  # the issue's bar
+    # ... and clearly better than the untrained net (a near-constant output already scores ~0.7 mm near the
+    # surface, so the loss over all samples, far ones and hard negatives included, is the sharper check)
+    assert best < 0.8 * before["near_mae_mm"]
+    assert hist[-1]["val_loss"] < 0.4 * before["loss"]
     best = load_checkpoint(result["best"])
     assert best.checkpoint_info["extra"]["metrics"]["val_near_mae_mm"] == pytest.approx(
         min(hist, key=lambda h: h["val_loss"])["val_near_mae_mm"])
