@@ -26,17 +26,31 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
         "phantom",
         help="generate synthetic cardiac CTA phantoms with exact LAA ground truth",
         description="Generate synthetic contrast-enhanced cardiac CT cases, each with an exact open LAA "
-        "surface mesh (cut at the ostium) and metadata. A folder of cases is a training dataset.",
+        "surface mesh (cut at the ostium) and metadata. A folder of cases is a training dataset: "
+        "DIR/case_0000/{ct.nii.gz, laa.vtp, laa.stl, meta.json}, ... (case i uses seed+i). LAA families "
+        "(chicken wing, cactus, windsock, cauliflower) are drawn uniformly.",
         epilog=EPILOG,
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per case)")
     p.add_argument("--count", type=int, default=1, help="number of cases (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed; case i uses seed+i (default: 0)")
-    p.set_defaults(func=_run_phantom)
+    p.add_argument("--size", choices=("full", "compact"), default="full",
+                   help="full: a 512x512 CT with a realistic field of view (default); compact: a 110-130 mm "
+                   "field of view around the left atrium (fast, for training sets and tests)")
+    p.add_argument("--force", action="store_true", help="overwrite existing case folders")
+    p.set_defaults(func=_run_phantom, command_name="phantom")
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    raise NUDFError("phantom generation is not implemented yet")
+    from .phantom import generate_dataset
+
+    def report(folder: Path) -> None:
+        print(f"{folder.name}: CT {folder / 'ct.nii.gz'}  mesh {folder / 'laa.vtp'} (+ laa.stl, LPS)  "
+              f"meta {folder / 'meta.json'}", flush=True)
+
+    generate_dataset(args.out, args.count, args.seed, size=args.size, overwrite=args.force,
+                     progress=sys.stderr.isatty(), on_case=report)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ segment
