@@ -121,9 +121,16 @@ class Primitive:
         raise NotImplementedError
 
     def eval_points(self, points: np.ndarray) -> np.ndarray:
-        q = (np.asarray(points, np.float64) - self.center) @ self.rot
-        q = q.astype(np.float32)
-        return self.local(q[:, 0], q[:, 1], q[:, 2])
+        p = np.asarray(points, np.float64)
+        return self.eval_cols(*(np.ascontiguousarray(p[:, a], np.float32) for a in range(3)))
+
+    def eval_cols(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Values at heart-frame points given as float32 coordinate columns."""
+        c = self.center.astype(np.float32)
+        r = self.rot.astype(np.float32)
+        dx, dy, dz = x - c[0], y - c[1], z - c[2]
+        q = [dx * r[0, a] + dy * r[1, a] + dz * r[2, a] for a in range(3)]
+        return self.local(q[0], q[1], q[2])
 
 
 class Offset(Primitive):
@@ -278,7 +285,7 @@ class Field:
         out = np.full(len(pts), _BIG, np.float32)
         if len(pts) == 0:
             return out
-        cols = [np.ascontiguousarray(pts[:, a]) for a in range(3)]
+        cols = [np.ascontiguousarray(pts[:, a], np.float32) for a in range(3)]
         lo_all, hi_all = pts.min(axis=0), pts.max(axis=0)
         m = margin + self.kmax
         for mode, prim, k in self.ops:
@@ -295,10 +302,10 @@ class Field:
                 if len(sel) == 0:
                     continue
             if sel is None:
-                _combine(out, prim.eval_points(pts), mode, k)
+                _combine(out, prim.eval_cols(*cols), mode, k)
             else:
                 o = out[sel]
-                _combine(o, prim.eval_points(pts[sel]), mode, k)
+                _combine(o, prim.eval_cols(cols[0][sel], cols[1][sel], cols[2][sel]), mode, k)
                 out[sel] = o
         return out
 
@@ -692,8 +699,8 @@ def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: F
         for q_ in range(m):
             phi = base_phi + q_ * (2 * np.pi / m) + rng.normal(0, 0.3)
             side_lobe(int(npts * rng.uniform(0.35, 0.8)), (8, 15), (3.2, 5.5), (65, 100), around=phi)
-    elif morphology == "cauliflower":
-        m = int(rng.integers(3, 5))
+    elif morphology == "cauliflower":  # a short body with 2-3 lobules: 3-4 lobes, none dominant
+        m = int(rng.integers(2, 4))
         base_phi = rng.uniform(0, 2 * np.pi)
         for q_ in range(m):
             phi = base_phi + q_ * (2 * np.pi / m) + rng.normal(0, 0.35)
@@ -1238,22 +1245,8 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
     if set(weights) - set(MORPHOLOGIES) or any(v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
         raise InputError(f"morphology_weights must map {', '.join(MORPHOLOGIES)} to non-negative weights.")
     rng = np.random.default_rng(int(seed))
-    probs = np.array([weights.get(m, 0.0) for m in MORPHOLOGIES], float)
-    morph = morphology or MORPHOLOGIES[int(rng.choice(len(MORPHOLOGIES), p=probs / probs.sum()))]
-    reasons: list[str] = []
-    for _attempt in range(40):
-        try:
-            an = _sample_anatomy(rng, morph)
-            gt = _marching_cubes_gt(an)
-        except _Reject as exc:
-            reasons.append(str(exc))
-            continue
-        touching = _clear_laa_neighbours(an, gt.points)
-        if touching is None:
-            break
-        reasons.append(f"the {touching} touches the LAA")
-    else:  # pragma: no cover - a bug in the anatomy ranges
-        raise NUDFError(f"phantom seed {seed}: no valid LAA after 40 draws ({'; '.join(reasons[-3:])}).")
+    morph = _draw_morphology(rng, morphology, weights)
+    an, gt, reasons = _draw_anatomy(rng, morph, seed)
     spacing, d, origin, size_ijk, r_pat, t_pat = _sample_grid(rng, an, gt, size)
     psf = float(rng.uniform(0.5, 0.8))
     noise_sigma = float(rng.uniform(15, 40))
@@ -1280,6 +1273,8 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
         "direction_lps": d.tolist(),
         "hu": hu,
         "filling_defect": an.laa.defect is not None,
+        "filling_defect_lps": None if an.laa.defect is None else
+        {"center": to_lps(an.laa.defect[0]).tolist(), "radius_mm": round(float(an.laa.defect[1]), 3)},
         "laa": {
             "ostium_long_axis_mm": round(gt.long_mm, 3),
             "ostium_short_axis_mm": round(gt.short_mm, 3),
@@ -1297,6 +1292,34 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
     if os.environ.get("NUDF_PHANTOM_DEBUG"):
         print(f"phantom seed {seed}: rejected draws: {reasons}")
     return PhantomCase(volume=vol, mesh_lps=mesh, meta=meta)
+
+
+def _draw_morphology(rng: np.random.Generator, morphology: str | None, weights: dict[str, float]) -> str:
+    probs = np.array([weights.get(m, 0.0) for m in MORPHOLOGIES], float)
+    drawn = MORPHOLOGIES[int(rng.choice(len(MORPHOLOGIES), p=probs / probs.sum()))]
+    return morphology or drawn
+
+
+def draw_morphology(seed: int, weights: dict[str, float] | None = None) -> str:
+    """The LAA family :func:`generate_case` draws for ``seed`` (cheap: nothing else is generated)."""
+    return _draw_morphology(np.random.default_rng(int(seed)), None, dict(weights or MORPHOLOGY_SAMPLING))
+
+
+def _draw_anatomy(rng: np.random.Generator, morph: str, seed: int = -1) -> tuple[_Anatomy, _GroundTruth, list[str]]:
+    """Draw anatomies until one gives a clean ground truth (rejection sampling; all from ``rng``)."""
+    reasons: list[str] = []
+    for _attempt in range(40):
+        try:
+            an = _sample_anatomy(rng, morph)
+            gt = _marching_cubes_gt(an)
+        except _Reject as exc:
+            reasons.append(str(exc))
+            continue
+        touching = _clear_laa_neighbours(an, gt.points)
+        if touching is None:
+            return an, gt, reasons
+        reasons.append(f"the {touching} touches the LAA")
+    raise NUDFError(f"phantom seed {seed}: no valid LAA after 40 draws ({'; '.join(reasons[-3:])}).")
 
 
 def polydata_boundary_ids(triangles: np.ndarray) -> np.ndarray:

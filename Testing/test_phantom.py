@@ -1,0 +1,235 @@
+"""The synthetic CTA phantom: determinism, exact open ground truth, CT consistent with it, files."""
+from __future__ import annotations
+
+import json
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+import vtk
+from scipy import ndimage
+from vtk.util import numpy_support
+
+from NUDFCore import io, meshtools, phantom
+from NUDFCore.errors import InputError, OutputExistsError
+from NUDFCore.frames import lps_to_ras
+
+SEED = 4  # a compact case without filling defect, tilted direction matrix
+
+
+@pytest.fixture(scope="module")
+def case() -> phantom.PhantomCase:
+    return phantom.generate_case(SEED, size="compact")
+
+
+def _sample_ct(volume: io.Volume, points_lps: np.ndarray) -> np.ndarray:
+    ijk = volume.lps_to_index(points_lps)
+    return ndimage.map_coordinates(volume.array.astype(np.float32), ijk[:, ::-1].T, order=1, mode="nearest")
+
+
+def _vertex_normals(mesh: vtk.vtkPolyData) -> np.ndarray:
+    """Area-weighted vertex normals from the triangles' own winding (no re-orientation)."""
+    pts, tris = io.polydata_points(mesh), io.polydata_triangles(mesh)
+    fn = np.cross(pts[tris[:, 1]] - pts[tris[:, 0]], pts[tris[:, 2]] - pts[tris[:, 0]])
+    vn = np.zeros_like(pts)
+    for c in range(3):
+        np.add.at(vn, tris[:, c], fn)
+    return vn / np.linalg.norm(vn, axis=1, keepdims=True)
+
+
+def _inside_capped(mesh: vtk.vtkPolyData, centre: np.ndarray, points: np.ndarray) -> np.ndarray:
+    pts, tris = io.polydata_points(mesh), io.polydata_triangles(mesh)
+    loop = meshtools.boundary_loops(mesh)[0]
+    fan = np.stack([np.full(len(loop), len(pts)), loop, np.roll(loop, -1)], axis=1)
+    closed = io.make_polydata(np.vstack([pts, centre]), np.vstack([tris, fan]))
+    probe = vtk.vtkPolyData()
+    vp = vtk.vtkPoints()
+    vp.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points, float), deep=True))
+    probe.SetPoints(vp)
+    enc = vtk.vtkSelectEnclosedPoints()
+    enc.SetInputData(probe)
+    enc.SetSurfaceData(closed)
+    enc.Update()
+    return np.array([enc.IsInside(i) for i in range(len(points))], bool)
+
+
+def test_same_seed_same_case_and_different_seeds_differ(case):
+    again = phantom.generate_case(SEED, size="compact")
+    assert again.volume.array.dtype == np.int16
+    np.testing.assert_array_equal(again.volume.array, case.volume.array)
+    np.testing.assert_array_equal(io.polydata_points(again.mesh_lps), io.polydata_points(case.mesh_lps))
+    np.testing.assert_array_equal(again.volume.direction_lps, case.volume.direction_lps)
+    assert again.meta == case.meta
+    other = phantom.generate_case(SEED + 3, size="compact")
+    assert other.meta["seed_lps"] != case.meta["seed_lps"]
+    assert other.volume.array.shape != case.volume.array.shape or not np.array_equal(
+        other.volume.array, case.volume.array)
+
+
+def test_ground_truth_is_open_with_one_loop_on_the_ostium_plane(case):
+    mesh = case.mesh_lps
+    pts, tris = io.polydata_points(mesh), io.polydata_triangles(mesh)
+    assert 10_000 <= len(tris) <= 60_000
+    labels = meshtools.connected_components(mesh)
+    assert labels.max() == 0
+    loops = meshtools.boundary_loops(mesh)
+    assert len(loops) == 1
+    assert meshtools.non_manifold_edge_count(tris) == 0
+    o = np.array(case.meta["ostium_center_lps"])
+    n = np.array(case.meta["ostium_normal_lps"])
+    assert abs(np.linalg.norm(n) - 1) < 1e-9
+    loop = pts[loops[0]]
+    assert np.abs((loop - o) @ n).max() < 1e-3  # exactly on the plane
+    np.testing.assert_allclose(loop.mean(axis=0), o, atol=0.5)
+    assert ((pts - o) @ n).min() > -1e-3  # the whole mesh lies on the appendage side
+    assert ((pts - o) @ n).max() > 15.0
+    ext = np.linalg.svd(loop - loop.mean(axis=0), compute_uv=False)
+    assert ext[2] < 1e-6 * ext[0] + 1e-4
+    laa = case.meta["laa"]
+    assert 10.0 <= laa["ostium_short_axis_mm"] <= laa["ostium_long_axis_mm"] <= 36.0
+    assert 0.8 <= laa["volume_ml"] <= 25.0
+    assert laa["max_field_error_mm"] < 0.02
+
+
+def test_ground_truth_sits_on_the_lumen_edge_of_the_ct(case):
+    """CT along the mesh normals: blood inside, wall/fat outside, the edge (steepest drop) at the surface."""
+    mesh = case.mesh_lps
+    pts = io.polydata_points(mesh)
+    normals = _vertex_normals(mesh)
+    o = np.array(case.meta["ostium_center_lps"])
+    n = np.array(case.meta["ostium_normal_lps"])
+    sel = np.flatnonzero((pts - o) @ n > 4.0)[::7]
+    offsets = np.arange(-3.0, 3.01, 0.25)
+    profile = np.array([np.median(_sample_ct(case.volume, pts[sel] + t * normals[sel])) for t in offsets])
+    blood = case.meta["hu"]["blood"]
+    inside, outside = profile[offsets == -2.5][0], profile[offsets == 2.5][0]
+    assert inside > 0.8 * blood, profile
+    assert outside < case.meta["hu"]["myocardium"] + 40, profile
+    steepest = offsets[:-1][np.argmin(np.diff(profile))] + 0.125
+    assert abs(steepest) <= 0.5, (steepest, profile)
+    # the wall side is darker than the lumen side right at the surface, by most of the contrast
+    assert profile[offsets == -1.0][0] - profile[offsets == 1.0][0] > 0.4 * (blood - case.meta["hu"]["myocardium"])
+
+
+def test_normals_point_out_of_the_lumen(case):
+    mesh = case.mesh_lps
+    pts = io.polydata_points(mesh)
+    normals = _vertex_normals(mesh)
+    o = np.array(case.meta["ostium_center_lps"])
+    sub = np.arange(0, len(pts), 97)
+    probe_in = pts[sub] - 0.4 * normals[sub]
+    probe_out = pts[sub] + 0.4 * normals[sub]
+    assert _inside_capped(mesh, o, probe_in).mean() > 0.97
+    assert _inside_capped(mesh, o, probe_out).mean() < 0.03
+
+
+def test_seed_is_deep_inside_the_lumen(case):
+    seed = np.array(case.meta["seed_lps"])
+    np.testing.assert_allclose(case.meta["seed_ras"], lps_to_ras(seed))
+    o = np.array(case.meta["ostium_center_lps"])
+    n = np.array(case.meta["ostium_normal_lps"])
+    assert _inside_capped(case.mesh_lps, o, seed[None])[0]
+    dist, _ = meshtools.point_to_mesh_distance(case.mesh_lps, seed[None])
+    assert dist[0] >= 2.0
+    assert float((seed - o) @ n) >= 2.0
+    assert not case.meta["filling_defect"]
+    hu = _sample_ct(case.volume, seed[None])[0]
+    assert hu > 0.6 * case.meta["hu"]["blood"]
+    assert case.volume.contains_lps(seed[None])[0]
+
+
+def test_ct_intensities_and_geometry_are_plausible(case):
+    m = case.meta
+    a = case.volume.array
+    assert a.min() >= -1024 and a.max() <= 3071
+    hu = m["hu"]
+    assert 250 <= hu["blood"] <= 450 and 50 <= hu["myocardium"] <= 120
+    assert -120 <= hu["fat"] <= -70 and -900 <= hu["lung"] <= -800
+    assert 15 <= hu["noise_sigma"] <= 40 and 0.5 <= hu["psf_mm"] <= 0.8
+    sp = np.array(m["spacing"])
+    assert 0.3 <= sp[0] == sp[1] <= 0.8 and 0.5 <= sp[2] <= 2.5
+    np.testing.assert_allclose(case.volume.spacing, sp)
+    assert list(case.volume.size_ijk) == m["size_ijk"]
+    fov = sp * (np.array(m["size_ijk"]) - 1)
+    assert np.all((fov > 100) & (fov < 140))  # compact: ~110-130 mm
+    # lung, fat and contrast blood all present; noise of the stated size in a flat region (lung)
+    assert np.mean(a < -700) > 0.02 and np.mean(a > 200) > 0.02 and np.mean((a > -140) & (a < -50)) > 0.01
+    assert abs(abs(np.linalg.det(case.volume.direction_lps)) - 1) < 1e-9
+
+
+def test_orientation_spacing_and_field_of_view_vary_with_the_seed():
+    an, gt, _ = phantom._draw_anatomy(np.random.default_rng(5), "windsock", 5)
+    grids = [phantom._sample_grid(np.random.default_rng(s), an, gt, "full") for s in range(16)]
+    dirs = [g[1] for g in grids]
+    assert any(not np.allclose(d, np.eye(3)) for d in dirs)  # tilted or flipped directions appear
+    assert any(np.allclose(d, np.eye(3)) for d in dirs)  # and plain axial ones
+    assert any(np.any(np.diag(d) < 0) for d in dirs)  # axis flips
+    for spacing, d, origin, size_ijk, r_pat, t_pat in grids:
+        np.testing.assert_allclose(d.T @ d, np.eye(3), atol=1e-9)
+        assert 0.3 <= spacing[0] <= 0.8 and 0.5 <= spacing[2] <= 2.5
+        assert tuple(size_ijk[:2]) == (512, 512) and 80 <= size_ijk[2] <= 280
+        # the whole LAA is inside the field of view
+        pts_lps = gt.points @ r_pat.T + t_pat
+        ijk = (pts_lps - origin) @ d / spacing
+        assert np.all(ijk >= 0) and np.all(ijk <= np.asarray(size_ijk) - 1)
+    assert len({round(float(g[0][0]), 6) for g in grids}) == len(grids)
+
+
+def test_all_four_morphologies_are_drawn_and_each_builds():
+    drawn = {phantom.draw_morphology(s) for s in range(12)}
+    assert drawn == set(phantom.MORPHOLOGIES)
+    for i, morph in enumerate(phantom.MORPHOLOGIES):
+        rng = np.random.default_rng(100 + i)
+        an, gt, _ = phantom._draw_anatomy(rng, morph, 100 + i)
+        mesh = io.make_polydata(gt.points, gt.triangles)
+        assert len(meshtools.boundary_loops(mesh)) == 1
+        assert an.laa.morphology == morph
+        assert 1 <= an.laa.lobes <= 4
+        assert (morph != "cauliflower" or an.laa.lobes >= 3) and (morph != "cactus" or an.laa.lobes >= 3)
+        assert 12.0 <= gt.long_mm <= 36.0 and gt.depth_mm >= 12.0
+
+
+def test_forced_morphology_and_bad_arguments():
+    with pytest.raises(InputError, match="size"):
+        phantom.generate_case(0, size="huge")
+    with pytest.raises(InputError, match="morphology"):
+        phantom.generate_case(0, size="compact", morphology="banana")
+
+
+def test_write_case_reads_back(case, tmp_path):
+    folder = phantom.write_case(case, tmp_path / "c")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(phantom.CASE_FILES)
+    vol = io.read_volume(folder / "ct.nii.gz")
+    np.testing.assert_array_equal(vol.array, case.volume.array)
+    np.testing.assert_allclose(vol.spacing, case.volume.spacing, rtol=1e-6)
+    np.testing.assert_allclose(vol.origin_lps, case.volume.origin_lps, atol=1e-4)
+    np.testing.assert_allclose(vol.direction_lps, case.volume.direction_lps, atol=1e-6)
+    pts = io.polydata_points(case.mesh_lps)
+    np.testing.assert_allclose(io.polydata_points(io.read_mesh(folder / "laa.vtp")), pts, atol=1e-9)
+    stl = io.polydata_points(io.read_mesh(folder / "laa.stl"))
+    assert np.abs(stl.min(axis=0) - pts.min(axis=0)).max() < 1e-3
+    assert len(meshtools.boundary_loops(io.read_mesh(folder / "laa.vtp"))) == 1
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta == json.loads(json.dumps(case.meta))
+    for key in ("case_id", "seed", "morphology", "seed_lps", "seed_ras", "laa_center_lps", "ostium_center_lps",
+                "ostium_normal_lps", "spacing", "size_ijk", "origin_lps", "direction_lps", "hu", "filling_defect",
+                "laa", "nudfcore_version"):
+        assert key in meta
+    with pytest.raises(OutputExistsError):
+        phantom.write_case(case, folder)
+    phantom.write_case(case, folder, overwrite=True)
+
+
+def test_full_size_case_is_fast_and_small():
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    big = phantom.generate_case(4, size="full")
+    elapsed = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert big.volume.array.shape[1:] == (512, 512)
+    assert 80 <= big.volume.array.shape[0] <= 280
+    assert elapsed < 25.0, f"full-size phantom took {elapsed:.1f} s"
+    assert peak < 4e9, f"peak memory {peak / 1e9:.2f} GB"
+    assert big.volume.contains_lps(np.array(big.meta["seed_lps"])[None])[0]
