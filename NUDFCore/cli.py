@@ -84,6 +84,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=float, default=0.25, metavar="MM", help="final surface-extraction grid in mm (default: 0.25)")
     p.add_argument("--smoothing", type=float, default=0.0, metavar="S", help="windowed-sinc smoothing strength 0..1 (default: 0 = off; does not shrink)")
     p.add_argument("--decimate", type=float, default=0.0, metavar="F", help="fraction of triangles to remove, 0..0.9 (default: 0)")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--crop-center-lps", type=_parse_point, metavar="X,Y,Z",
+                      help="centre the crop here (LPS mm) instead of around the seed, e.g. a user ROI's centre")
+    crop.add_argument("--crop-center-ras", type=_parse_point, metavar="X,Y,Z", help="the same in RAS mm")
+    p.add_argument("--crop-size", type=float, default=None, metavar="MM",
+                   help="edge of the cube the network sees (default: the model's training crop; change with care)")
     p.add_argument("--series-uid", default=None, help="DICOM series to read when the folder holds several")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--progress-format", choices=["text", "json", "none"], default="text",
@@ -131,8 +137,13 @@ def _run_segment(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, MESH_EXTENSIONS, overwrite=args.force)  # fail before any work
     text_progress = _TextProgress() if args.progress_format == "text" else None
     progress = {"text": text_progress, "json": _json_progress, "none": None}[args.progress_format]
+    from .frames import to_lps
+
+    crop_center = args.crop_center_lps or args.crop_center_ras
+    crop_frame = "lps" if args.crop_center_lps else "ras"
     options = SegmentOptions(resolution_mm=args.resolution, device=args.device, smoothing=args.smoothing,
-                             decimate=args.decimate, progress=progress)
+                             decimate=args.decimate, progress=progress, crop_size_mm=args.crop_size,
+                             crop_center_lps=None if crop_center is None else to_lps(crop_center, crop_frame))
     options.check()
     try:
         ct = read_volume(args.ct, series_uid=args.series_uid)

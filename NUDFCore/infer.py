@@ -335,6 +335,13 @@ def segment(
         net = load_model(model, device)
         cfg = net.config
         size_mm = float(opts.crop_size_mm or cfg.crop_size_mm)
+        if abs(size_mm / cfg.crop_size_mm - 1.0) > 0.15:
+            # the encoder learned anatomy at one physical scale: a much larger/smaller cube changes it
+            raise InputError(
+                f"This model was trained on {cfg.crop_size_mm:.0f} mm crops; a {size_mm:.0f} mm crop would show "
+                "it anatomy at another scale. Use a crop size within 15 % of the model's, or move the crop "
+                "centre instead."
+            )
         window = HUWindow.from_value(cfg.hu_window)
         chunk = int(opts.chunk_size or _choose_chunk(device, cfg.feature_size))
         # one float32 region around the seed, reused by both passes
