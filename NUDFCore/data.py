@@ -216,8 +216,8 @@ def load_case(case_dir: str | os.PathLike) -> Case:
 def list_cases(root: str | os.PathLike) -> list[Case]:
     """All valid cases under ``root``, sorted by folder name.
 
-    Raises InputError if ``root`` does not exist or holds no valid case (the message says what the
-    sub-folders lack).
+    Sub-folders without a CT or a mesh are skipped. Raises InputError if ``root`` does not exist, holds no
+    valid case (the message says what the sub-folders lack) or a case's meta.json is not a JSON object.
     """
     r = Path(root)
     if not r.exists():
@@ -226,10 +226,13 @@ def list_cases(root: str | os.PathLike) -> list[Case]:
         raise InputError(f"The dataset path {r} is not a folder.")
     cases, problems = [], []
     for d in sorted(p for p in r.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            cases.append(load_case(d))
-        except InputError as exc:
-            problems.append(str(exc))
+        if _find(d, CT_NAMES) is None or _find(d, MESH_NAMES) is None:  # not a case: skipped, reported if none
+            try:
+                load_case(d)
+            except InputError as exc:
+                problems.append(str(exc))
+            continue
+        cases.append(load_case(d))  # a broken meta.json is an error, not a skipped folder
     if not cases:
         detail = f" ({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''})" if problems else \
             " (it has no case sub-folders)"
