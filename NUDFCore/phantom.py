@@ -252,8 +252,8 @@ class Field:
     """A signed distance field: primitives combined in order.
 
     ``ops`` holds ``(mode, primitive, k)`` with mode 'union' (smooth min with blend radius k mm),
-    'subtract' (smooth max with minus the primitive) or 'intersect' (smooth max). Values start at +BIG,
-    so the first op must be a union. ``scale`` divides an 'intersect' primitive's value (softer edges).
+    'subtract' (smooth max with minus the primitive) or 'intersect' (smooth max, evaluated everywhere).
+    Values start at +BIG, so the first op must be a union.
     """
 
     ops: list[tuple[str, Primitive, float]] = field(default_factory=list)
