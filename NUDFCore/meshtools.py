@@ -51,8 +51,12 @@ def point_to_mesh_distance(
     return np.sqrt(np.maximum(dist, 0.0)), closest
 
 
-def unsigned_distance(mesh: vtk.vtkPolyData, points: np.ndarray) -> np.ndarray:
-    """Exact unsigned point-to-surface distance, vectorised through vtkImplicitPolyDataDistance (fast path)."""
+def signed_distance(mesh: vtk.vtkPolyData, points: np.ndarray) -> np.ndarray:
+    """Exact point-to-surface distance, negative on the side opposite the winding normals.
+
+    Vectorised through vtkImplicitPolyDataDistance (one C++ call for all points). For an open mesh the sign
+    is only meaningful near the surface.
+    """
     pts = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
     if len(pts) == 0:
         return np.zeros(0)
@@ -60,7 +64,12 @@ def unsigned_distance(mesh: vtk.vtkPolyData, points: np.ndarray) -> np.ndarray:
     impl.SetInput(mesh)
     out = vtk.vtkDoubleArray()
     impl.FunctionValue(numpy_support.numpy_to_vtk(pts, deep=True), out)
-    return np.abs(numpy_support.vtk_to_numpy(out).astype(np.float64))
+    return numpy_support.vtk_to_numpy(out).astype(np.float64)
+
+
+def unsigned_distance(mesh: vtk.vtkPolyData, points: np.ndarray) -> np.ndarray:
+    """Exact unsigned point-to-surface distance (the fast path when closest points are not needed)."""
+    return np.abs(signed_distance(mesh, points))
 
 
 def triangle_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:

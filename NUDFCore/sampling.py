@@ -446,25 +446,6 @@ def ostium_radius(mesh_lps, ostium_center_lps: np.ndarray, ostium_normal_lps: np
     return float(max(np.linalg.norm(rel, axis=1).max(), 1.0))
 
 
-def _winding_signed_distance(mesh_lps, points: np.ndarray) -> np.ndarray:
-    """Exact distance to the mesh, negative on the side opposite the winding normals (vtk's implicit distance).
-
-    Only its sign is used here (inside/outside tests); magnitudes come from ``meshtools.unsigned_distance``.
-    """
-    import vtk
-    from vtk.util import numpy_support
-
-    pts = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
-    if len(pts) == 0:
-        return np.zeros(0)
-    impl = vtk.vtkImplicitPolyDataDistance()
-    impl.SetInput(mesh_lps)
-    out = vtk.vtkDoubleArray()
-    impl.FunctionValue(numpy_support.numpy_to_vtk(pts, deep=True), out)
-    return numpy_support.vtk_to_numpy(out).astype(np.float64)
-
-
-# ---------------------------------------------------------------------------------------------- sample_case
 def sample_case(
     volume: Volume,
     mesh_lps,
@@ -493,7 +474,7 @@ def sample_case(
     needs edges in the CT; if the box holds too few edge voxels far enough from the GT, the shortfall is
     filled with uniform points (kind 2) and logged, so the total is always ``n_points``.
     """
-    from .meshtools import face_normals, triangle_areas, unsigned_distance
+    from .meshtools import face_normals, signed_distance, triangle_areas, unsigned_distance
 
     if int(n_points) < 1:
         raise InputError(f"n_points must be >= 1; got {n_points}.")
@@ -621,7 +602,7 @@ def _lumen_points(
         q = p - move[:, None] * outward[fid]
         ok = (q - o_c) @ o_n > 0.0
         q, move = q[ok], move[ok]
-        signed = sign * _winding_signed_distance(mesh_lps, q)  # negative on the lumen side
+        signed = sign * signed_distance(mesh_lps, q)  # negative on the lumen side
         good = q[signed <= -move / 3.0]
         kept.append(good)
         total += len(good)

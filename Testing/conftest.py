@@ -40,13 +40,13 @@ def phantom_case(phantom_root):
 
 @pytest.fixture(scope="session")
 def tiny_model_path(phantom_root, tmp_path_factory) -> Path:
-    """A small model trained briefly on the shared phantom: enough for a mesh near its ground truth.
+    """A small model trained briefly (240 steps) on the shared phantom: enough for a mesh near its ground truth.
 
     It has seen only this case, so it demonstrates the pipeline end to end, not generalisation.
     """
     from NUDFCore.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_model") / "tiny.pt"
-    cfg = TrainConfig(data=phantom_root, out=out, preset="tiny", epochs=3, steps_per_epoch=40, points=3000,
+    cfg = TrainConfig(data=phantom_root, out=out, preset="small", epochs=4, steps_per_epoch=60, points=4000,
                       lr=3e-3, val_fraction=0.0, sample_points=60_000, val_points=10_000, seed=0)
     return Path(train(cfg, progress=False)["best"])

@@ -1,0 +1,174 @@
+"""Segmentation end to end (engine API and ``nudf segment``): the result, its files, and every bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import vtk
+
+from NUDFCore import frames, meshtools
+from NUDFCore.cli import main as cli_main
+from NUDFCore.errors import InputError, SegmentationCancelled, SegmentationError
+from NUDFCore.infer import SegmentOptions, segment
+from NUDFCore.io import Volume, polydata_points, write_volume
+from NUDFCore.metrics import surface_metrics
+from NUDFCore.model import ModelConfig, NUDFNet, save_checkpoint
+
+RESOLUTION_MM = 0.5  # the suite's segmentations; the product default is 0.25 mm
+
+
+@pytest.fixture(scope="module")
+def ct(phantom_case) -> Volume:
+    return phantom_case.load_volume()
+
+
+@pytest.fixture(scope="module")
+def result(ct, phantom_case, tiny_model_path):
+    stages = []
+    res = segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path,
+                  options=SegmentOptions(resolution_mm=RESOLUTION_MM, device="cpu",
+                                         progress=lambda s, f: stages.append((s, f))))
+    res.stages_seen = stages
+    return res
+
+
+def test_segment_returns_open_mesh_near_ground_truth(result, phantom_case):
+    mesh = result.mesh_lps
+    assert mesh.GetNumberOfCells() > 500
+    loops = meshtools.boundary_loops(mesh)
+    assert len(loops) >= 1
+    pts = polydata_points(mesh)
+    perimeters = sorted((meshtools.loop_length(pts, l) for l in loops), reverse=True)
+    # one main rim: the ostium; any other hole is tiny in comparison
+    assert perimeters[0] > 30.0
+    assert all(p < 0.25 * perimeters[0] for p in perimeters[1:])
+    rim = pts[loops[0]]
+    ostium = np.asarray(phantom_case.ostium_center_lps)
+    assert np.linalg.norm(rim.mean(axis=0) - ostium) < 6.0
+    m = surface_metrics(mesh, phantom_case.load_mesh(), n_samples=20_000)
+    print(f"segment vs GT: MSD {m.msd_mm:.3f} mm, HD95 {m.hd95_mm:.3f} mm, false area {m.false_area_mm2:.1f} mm2 "
+          f"({100 * m.false_area_fraction:.1f} %), rim {m.boundary_mean_mm:.2f} mm")
+    assert m.msd_mm < 1.5
+    assert m.false_area_fraction < 0.15
+    assert meshtools.back_to_back_face_pairs(mesh) <= 0.01 * mesh.GetNumberOfCells()
+
+
+def test_result_reports_timings_queries_and_memory(result):
+    q = result.quality
+    assert {"encode", "surface", "post-process", "total"} <= set(result.timings)
+    assert result.timings["total"] > 0 and result.peak_memory_mb > 50
+    assert q["n_queries"] > 0 and q["n_dense_queries"] > 5 * q["n_queries"]  # adaptive, not dense
+    assert q["n_vertices"] == result.mesh_lps.GetNumberOfPoints()
+    assert 0.0 <= q["mean_predicted_distance_mm"] < 0.5 * RESOLUTION_MM + q["field_floor_mm"] + 0.5
+    assert result.stages_seen[0][0] == "check" and any(s.startswith("surface") for s, _ in result.stages_seen)
+
+
+def test_seed_frames_agree(ct, phantom_case, tiny_model_path, result):
+    seed_ras = frames.lps_to_ras(phantom_case.seed_lps)
+    again = segment(ct, seed_ras=seed_ras, model=tiny_model_path,
+                    options=SegmentOptions(resolution_mm=RESOLUTION_MM, device="cpu"))
+    assert np.allclose(polydata_points(again.mesh_lps), polydata_points(result.mesh_lps))
+
+
+@pytest.mark.parametrize("frame", ["lps", "ras"])
+def test_cli_writes_stl_in_chosen_frame(tmp_path, phantom_case, tiny_model_path, frame, capsys):
+    out = tmp_path / f"laa_{frame}.stl"
+    seed = ",".join(f"{v:.3f}" for v in frames.from_lps(phantom_case.seed_lps, frame))
+    args = ["segment", str(phantom_case.ct_path), f"--seed-{frame}={seed}", "--out", str(out), "--frame", frame,
+            "--model", str(tiny_model_path), "--device", "cpu", "--resolution", str(RESOLUTION_MM),
+            "--progress-format", "none"]
+    assert cli_main(args) == 0
+    summary = capsys.readouterr().out
+    assert "vertices" in summary and "boundary loop" in summary
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(str(out))
+    reader.Update()
+    raw = polydata_points(reader.GetOutput())
+    gt_lps = polydata_points(phantom_case.load_mesh())
+    gt_in_frame = frames.from_lps(gt_lps, frame)
+    # the file's raw points lie on the GT expressed in the chosen frame (and not on its mirror image)
+    near = np.linalg.norm(raw.mean(axis=0) - gt_in_frame.mean(axis=0))
+    mirrored = np.linalg.norm(raw.mean(axis=0) - frames.from_lps(gt_lps, "ras" if frame == "lps" else "lps").mean(axis=0))
+    assert near < 5.0 < mirrored
+    assert cli_main(args) == 2  # exists: not overwritten without --force
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main(args + ["--force"]) == 0
+
+
+def test_cli_json_progress_protocol(tmp_path, phantom_case, tiny_model_path, capsys):
+    out = tmp_path / "laa.vtp"
+    seed = ",".join(f"{v:.3f}" for v in phantom_case.seed_lps)
+    assert cli_main(["segment", str(phantom_case.ct_path), f"--seed-lps={seed}", "--out", str(out), "--model",
+                     str(tiny_model_path), "--resolution", "1.0", "--progress-format", "json"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert any("stage" in l and 0.0 <= l["fraction"] <= 1.0 for l in lines)
+    assert lines[-1]["done"] is True and lines[-1]["summary"]["quality"]["n_faces"] > 0
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def _run_cli_expect_error(tmp_path, capsys, ct_path, seed_arg, model, match):
+    out = tmp_path / "bad.stl"
+    code = cli_main(["segment", str(ct_path), seed_arg, "--out", str(out), "--model", str(model),
+                     "--progress-format", "none", "--resolution", "1.0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert match in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".bad.stl*"))
+
+
+def test_seed_outside_volume(tmp_path, capsys, phantom_case, tiny_model_path, ct):
+    lo, hi = ct.bounds_lps()
+    far = ",".join(f"{v:.1f}" for v in hi + 50.0)
+    _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={far}", tiny_model_path,
+                          "outside the CT volume")
+
+
+def test_seed_in_air(tmp_path, capsys, phantom_case, tiny_model_path, ct):
+    ijk = np.argwhere(ct.array < -700)[len(np.argwhere(ct.array < -700)) // 2][::-1]  # a lung voxel (k,j,i -> i,j,k)
+    p = ",".join(f"{v:.2f}" for v in ct.index_to_lps(ijk))
+    _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={p}", tiny_model_path, "air or lung")
+
+
+def test_not_a_ct(tmp_path, capsys, phantom_case, tiny_model_path, ct):
+    mr = Volume(np.clip(ct.array.astype(np.float32) + 1024, 0, None) * 0.8, ct.spacing, ct.origin_lps, ct.direction_lps)
+    path = write_volume(mr, tmp_path / "mr.nii.gz")
+    seed = ",".join(f"{v:.3f}" for v in phantom_case.seed_lps)
+    _run_cli_expect_error(tmp_path, capsys, path, f"--seed-lps={seed}", tiny_model_path, "does not look like a CT")
+
+
+def test_all_far_prediction(tmp_path, capsys, phantom_case):
+    net = NUDFNet(ModelConfig.preset("tiny"))
+    last = [m for m in net.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Linear))][-1]
+    with torch.no_grad():  # a network that answers "4 mm" everywhere has found no surface
+        last.weight.zero_()
+        last.bias.fill_(4.0)
+    model = save_checkpoint(net, tmp_path / "far.pt")
+    seed = ",".join(f"{v:.3f}" for v in phantom_case.seed_lps)
+    _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={seed}", model, "no LAA surface")
+
+
+def test_api_argument_errors(ct, phantom_case, tiny_model_path):
+    with pytest.raises(InputError, match="exactly one seed"):
+        segment(ct, model=tiny_model_path)
+    with pytest.raises(InputError, match="exactly one seed"):
+        segment(ct, seed_lps=phantom_case.seed_lps, seed_ras=phantom_case.seed_lps, model=tiny_model_path)
+    with pytest.raises(InputError, match="resolution"):
+        segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path, options=SegmentOptions(resolution_mm=0))
+    with pytest.raises(InputError, match="trained on"):
+        segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path,
+                options=SegmentOptions(crop_size_mm=150.0, resolution_mm=1.0))
+
+
+def test_cancel_raises(ct, phantom_case, tiny_model_path):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(SegmentationCancelled):
+        segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path,
+                options=SegmentOptions(resolution_mm=1.0, cancel=cancel))
+    assert issubclass(SegmentationCancelled, SegmentationError)
