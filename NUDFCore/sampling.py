@@ -474,7 +474,7 @@ def sample_case(
     needs edges in the CT; if the box holds too few edge voxels far enough from the GT, the shortfall is
     filled with uniform points (kind 2) and logged, so the total is always ``n_points``.
     """
-    from .meshtools import face_normals, signed_distance, triangle_areas, unsigned_distance
+    from .meshtools import face_normals, triangle_areas, unsigned_distance
 
     if int(n_points) < 1:
         raise InputError(f"n_points must be >= 1; got {n_points}.")
@@ -592,6 +592,8 @@ def _lumen_points(
     LAA side of the ostium plane, on the lumen side of the nearest surface, and at least a third of that move
     away from the wall (a move that crossed a wall lands close to it or on the wrong side). Never empty:
     the seed stands in when nothing qualifies, since training draws crop centres from these."""
+    from .meshtools import signed_distance
+
     if n_lumen <= 0:
         return np.zeros((0, 3))
     kept: list[np.ndarray] = []
