@@ -430,7 +430,8 @@ def measure(spec: dict) -> dict:
         before = _reset(device)
         t0 = time.perf_counter()
         r = segment(ct, seed_lps=case.seed_lps, model=model,
-                    options=SegmentOptions(resolution_mm=spec["resolution"], device=str(device)))
+                    options=SegmentOptions(resolution_mm=spec["resolution"], device=str(device),
+                                           chunk_size=spec.get("chunk")))
         result["n_queries"] = r.quality["n_queries"]
     else:
         raise ValueError(f"unknown measurement {kind!r}")
@@ -499,6 +500,11 @@ def memory_table(args, test_case_dir: Path | None) -> str:
                 add("NUDF", "inference (segment: encoder + chunked decoder + meshing)",
                     f"{n}³ encoder, {res} mm surface", {"kind": "nudf_segment", "model": str(model),
                                                          "case": str(test_case_dir), "resolution": res})
+            res = min(args.nudf_resolutions)
+            add("NUDF", f"inference, decoder chunk {args.small_chunk} queries (segment's default: from free memory)",
+                f"{n}³ encoder, {res} mm surface", {"kind": "nudf_segment", "model": str(model),
+                                                     "case": str(test_case_dir), "resolution": res,
+                                                     "chunk": args.small_chunk})
     else:
         rows.append(("NUDF", "—", "—", {"error": f"no NUDF model ({model}); pass --nudf-model"}))
     lines = ["| method | task | grid | peak RSS MB | Δ over idle process MB | peak GPU MB | s |",
@@ -510,6 +516,19 @@ def memory_table(args, test_case_dir: Path | None) -> str:
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "—"
         lines.append(f"| {method} | {task} | {grid} | {r['peak_rss_mb']:.0f} | "
                      f"{r['peak_rss_mb'] - r['before_mb']:.0f} | {gpu} | {r['seconds']:.1f} |")
+    # U-Net forward memory grows as n³: the grid whose forward pass needs what NUDF's inference needs
+    unet_inf = [(int(g.split("³")[0]), r) for m, t, g, r in rows if m == "U-Net" and "inference" in t
+                and "error" not in r]
+    nudf_inf = [(g, r) for m, t, g, r in rows if m == "NUDF" and "inference" in t and "error" not in r]
+    if unet_inf and nudf_inf:
+        n_max, r_max = max(unet_inf, key=lambda x: x[0])
+        per_voxel = max(r_max["peak_rss_mb"] - r_max["before_mb"], 1e-3) / n_max ** 3
+        lines.append("")
+        for g, r in nudf_inf:
+            n_eq = ((r["peak_rss_mb"] - r["before_mb"]) / per_voxel) ** (1 / 3)
+            lines.append(f"At NUDF's inference memory ({g}: Δ {r['peak_rss_mb'] - r['before_mb']:.0f} MB) a U-Net "
+                         f"forward pass fits a ≈{n_eq:.0f}³ grid ({crop_mm / max(n_eq - 1, 1):.2f} mm voxels), from "
+                         f"its measured {per_voxel * 2**20:.0f} B/voxel at {n_max}³.")
     lines.append("")
     lines.append("Each row ran alone in a fresh Python process (same imports: torch, MONAI, NUDFCore/VTK). "
                  "Peak RSS is the process's `VmHWM`, reset right before the task "
@@ -550,6 +569,7 @@ def main(argv=None) -> int:
     p.add_argument("--nudf-model", default=None, help="NUDF checkpoint for the memory comparison "
                    "(default: the bundled model if present)")
     p.add_argument("--nudf-resolutions", type=float, nargs="*", default=[0.5, 0.25])
+    p.add_argument("--small-chunk", type=int, default=8192, help="decoder chunk of the low-memory NUDF row")
     p.add_argument("--mem-train-grids", type=int, nargs="*", default=None)
     p.add_argument("--mem-infer-grids", type=int, nargs="*", default=None)
     p.add_argument("--no-memory", action="store_true")
