@@ -237,13 +237,13 @@ def probability_surface(prob: np.ndarray, geometry, ostium_center_lps, ostium_no
     return keep_largest_component(out)
 
 
-def segment_case(net, case, crop_n: int, crop_mm: float, window, device, two_pass: bool = True):
-    """U-Net surface of one case (LPS mesh or None) and its wall time."""
+def segment_case(net, case, volume, crop_n: int, crop_mm: float, window, device, two_pass: bool = True):
+    """U-Net surface of one case (LPS mesh or None) and its wall time (CT already read, as in accuracy.py)."""
     from NUDFCore.crop import CropGeometry, subvolume_around
 
     t0 = time.perf_counter()
     seed = np.asarray(case.seed_lps, float)
-    region = subvolume_around(case.load_volume(), seed[None], margin_mm=crop_mm)
+    region = subvolume_around(volume, seed[None], margin_mm=crop_mm)
     geom = CropGeometry(seed, crop_mm, crop_n)
     prob = predict(net, region, geom, window, device)
     if two_pass and (prob > 0.5).any():
@@ -350,8 +350,9 @@ def evaluate_unet(net, cases, args, device) -> list[dict]:
 
     rows = []
     for case in cases:
-        spacing = float(np.mean(case.load_volume().spacing))
-        mesh, wall = segment_case(net, case, args.crop_n, args.crop_mm, HUWindow(), device)
+        volume = case.load_volume()
+        spacing = float(np.mean(volume.spacing))
+        mesh, wall = segment_case(net, case, volume, args.crop_n, args.crop_mm, HUWindow(), device)
         base = {"case": case.name, "morphology": case.meta.get("morphology", "?"), "spacing": spacing}
         if mesh is None:
             rows.append(dict(base, error="no surface (probability never crosses 0.5 on the LAA side)"))
