@@ -292,6 +292,26 @@ def load_model(model, device):
     raise InputError(f"model must be a checkpoint path or an NUDFNet; got {type(model).__name__}.")
 
 
+_NO_SURFACE_HELP = (
+    "Check that the seed is inside the contrast-filled LAA and that the model fits this kind of CT."
+)
+
+
+@contextmanager
+def _no_surface_as_user_error() -> Iterator[None]:
+    """Say 'no LAA surface' in the user's terms when meshing finds nothing (cancellation passes through)."""
+    from .errors import SegmentationCancelled
+
+    try:
+        yield
+    except SegmentationCancelled:
+        raise
+    except SegmentationError as exc:
+        if not str(exc).startswith("No surface found"):
+            raise
+        raise SegmentationError(f"The network found no LAA surface around the seed ({exc}). {_NO_SURFACE_HELP}") from exc
+
+
 def _surface_centre(mesh: vtk.vtkPolyData) -> np.ndarray:
     pts = polydata_points(mesh)
     tris = polydata_triangles(mesh)
@@ -370,7 +390,7 @@ def segment(
         def _progress(sub: str, frac: float, _name=stage_name) -> None:
             stages.report(f"{_name}: {sub}", frac)
 
-        with stages.stage(stage_name):
+        with stages.stage(stage_name), _no_surface_as_user_error():
             mres = meshing.extract_open_surface(
                 fieldfn.udf,
                 fieldfn.udf_grad,
@@ -396,11 +416,7 @@ def segment(
                 "image, or a model that does not fit this CT)."
             )
         if mesh is None or mesh.GetNumberOfCells() == 0:
-            raise SegmentationError(
-                "The network found no LAA surface around the seed (the predicted distance field is far "
-                "everywhere). Check that the seed is inside the contrast-filled LAA and that the model fits "
-                "this kind of CT."
-            )
+            raise SegmentationError(f"The network found no LAA surface around the seed. {_NO_SURFACE_HELP}")
         if not final:
             # re-centre on the first (coarse) surface: the seed may sit anywhere in the LAA
             new_centre = _surface_centre(mesh)
