@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -214,12 +215,28 @@ def check_output_path(path: str | os.PathLike, exts: Sequence[str], overwrite: b
     return p
 
 
-def _atomic_target(p: Path) -> Path:
-    """A temporary path next to ``p`` with the same extension, so a failed write leaves nothing behind."""
-    ext = _has_ext(p, VOLUME_EXTENSIONS + MESH_EXTENSIONS) or p.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=ext, dir=p.parent)
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` that replaces it once the block succeeds.
+
+    A failed or interrupted write never leaves a partial file under the final name, and nothing of it
+    survives. The new file gets the usual permissions for the user's umask (mkstemp's are owner-only).
+    """
+    p = Path(path)
+    if suffix is None:
+        suffix = _has_ext(p, VOLUME_EXTENSIONS + MESH_EXTENSIONS) or p.suffix
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -233,13 +250,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = Fals
             p.unlink(missing_ok=True)
             raise ImageReadError(f"Cannot write {p}: {exc}") from exc
         return p
-    tmp = _atomic_target(p)
-    try:
+    with atomic_output(p) as tmp:
         sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=True)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p
 
 
@@ -339,8 +351,7 @@ def write_mesh(
         writer.SetHeader(tag)
     elif ext == ".ply":
         writer.AddComment(tag)
-    tmp = _atomic_target(p)
-    try:
+    with atomic_output(p) as tmp:
         writer.SetFileName(str(tmp))
         writer.SetInputData(data)
         if not writer.Write():
@@ -348,10 +359,6 @@ def write_mesh(
         if ext == ".obj":  # vtkOBJWriter writes no header: prepend a comment with the frame
             body = tmp.read_bytes()
             tmp.write_bytes(f"# {tag}\n".encode() + body)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p
 
 

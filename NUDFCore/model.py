@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from . import __version__
 from .crop import HUWindow
 from .errors import CheckpointError, InputError
+from .io import atomic_output
 
 #: Bumped when the checkpoint layout or the meaning of a config field changes incompatibly.
 CHECKPOINT_FORMAT = 1
@@ -285,16 +285,10 @@ def save_checkpoint(
     p = Path(path)
     if not p.parent.exists():
         raise InputError(f"The output folder {p.parent} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(p, suffix=".tmp") as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     return p
 
 

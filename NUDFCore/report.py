@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +23,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
-from .io import Volume, check_output_path, polydata_points, polydata_triangles
+from .io import Volume, atomic_output, check_output_path, polydata_points, polydata_triangles
 from .meshtools import mesh_area, sample_surface
 
 APPENDAGE_RGB = (220, 70, 50)  # the mesh (a warm red)
@@ -53,19 +52,13 @@ def write_png(rgb: np.ndarray, path: str | os.PathLike, overwrite: bool = False)
     arr = numpy_support.numpy_to_vtk(np.flipud(img).reshape(-1, 3).copy(), deep=True)  # vtk rows go up
     arr.SetNumberOfComponents(3)
     data.GetPointData().SetScalars(arr)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".png", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_output(p, suffix=".png") as tmp:
         writer = vtk.vtkPNGWriter()
-        writer.SetFileName(tmp)
+        writer.SetFileName(str(tmp))
         writer.SetInputData(data)
         writer.Write()
-        if os.path.getsize(tmp) == 0:
+        if tmp.stat().st_size == 0:
             raise OSError(f"vtk could not write {p}.")
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, NUDFError
-from .io import Volume, polydata_points, polydata_triangles
+from .io import Volume, atomic_output, polydata_points, polydata_triangles
 
 logger = logging.getLogger(__name__)
 
@@ -94,22 +93,15 @@ class SampleSet:
         """Write an ``.npz`` atomically (a crash never leaves a half-written file under the final name)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    points_lps=self.points_lps,
-                    distance_mm=self.distance_mm,
-                    kind=self.kind,
-                    lumen_points_lps=self.lumen_points_lps,
-                    box_lps=self.box_lps,
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_output(path, suffix=".tmp") as tmp, open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                points_lps=self.points_lps,
+                distance_mm=self.distance_mm,
+                kind=self.kind,
+                lumen_points_lps=self.lumen_points_lps,
+                box_lps=self.box_lps,
+            )
         return path
 
     @classmethod

@@ -203,3 +203,18 @@ def test_mesh_errors(tmp_path):
         read_mesh(tmp_path / "bad.stl")
     with pytest.raises(InputError, match="frame"):
         write_mesh(mesh, tmp_path / "b.stl", frame="xyz")
+
+
+def test_written_files_get_normal_permissions(tmp_path, oblique_volume):
+    """Atomic writes go through mkstemp (owner-only); the final files must follow the umask like any file."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        mesh_path = write_mesh(_tetra_sheet(), tmp_path / "m.stl")
+        vol_path = write_volume(oblique_volume, tmp_path / "v.nrrd")
+    finally:
+        os.umask(old)
+    for p in (mesh_path, vol_path):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644

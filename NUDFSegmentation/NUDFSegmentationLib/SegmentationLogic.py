@@ -7,7 +7,6 @@ Slicer keeps everything in RAS; the engine works in LPS. The conversions go thro
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from vtk.util import numpy_support
 
 from NUDFCore.errors import InputError, MeshIOError, OutputExistsError
 from NUDFCore.frames import check_frame, ras_to_lps
-from NUDFCore.io import Volume, transform_polydata_frame
+from NUDFCore.io import Volume, atomic_output, transform_polydata_frame
 
 #: Appendage-like display: muted flesh red, slightly translucent so the CT shows through.
 LAA_COLOR = (0.87, 0.42, 0.38)
@@ -147,21 +146,14 @@ def exportModelToFile(modelNode, path: str | os.PathLike, frame: str = "lps", ov
         raise InputError(f"The folder {p.parent} does not exist.")
     if p.exists() and not overwrite:
         raise OutputExistsError(f"{p} already exists; choose another name or allow overwriting.")
-    fd, tmpName = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=ext, dir=p.parent)
-    os.close(fd)
-    tmp = Path(tmpName)
     storage = slicer.vtkMRMLModelStorageNode()  # not added to the scene: export must not change it
-    storage.SetFileName(str(tmp))
     storage.SetCoordinateSystem(
         slicer.vtkMRMLStorageNode.CoordinateSystemRAS if frame == "ras" else slicer.vtkMRMLStorageNode.CoordinateSystemLPS
     )
-    try:
+    with atomic_output(p, suffix=ext) as tmp:
+        storage.SetFileName(str(tmp))
         if not storage.WriteData(modelNode) or tmp.stat().st_size == 0:
             raise MeshIOError(f"Slicer could not write {p}.")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p
 
 
