@@ -22,33 +22,41 @@ def cell_locator(mesh: vtk.vtkPolyData) -> vtk.vtkStaticCellLocator:
     return loc
 
 
-def point_to_mesh_distance(
-    mesh: vtk.vtkPolyData, points: np.ndarray, locator: vtk.vtkStaticCellLocator | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact unsigned distance from each point (N, 3) to the triangles of ``mesh``, and the closest points.
+def closest_points(
+    locator: vtk.vtkStaticCellLocator, points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact distance from each point (N, 3) to the located mesh, the closest points and the closest cell ids.
 
-    Uses vtkImplicitPolyDataDistance's vectorised evaluation when possible (fast, exact); falls back to the
-    cell locator (which returns squared distances) for the closest points.
+    vtk's ``FindClosestPoint`` returns the *squared* distance; this returns the distance.
     """
     pts = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
     n = len(pts)
-    if n == 0:
-        return np.zeros(0), np.zeros((0, 3))
-    if mesh.GetNumberOfCells() == 0:
-        raise ValueError("point_to_mesh_distance: the mesh has no cells.")
-    loc = locator if locator is not None else cell_locator(mesh)
-    dist = np.empty(n)
+    d2 = np.empty(n)
     closest = np.empty((n, 3))
+    cell_ids = np.empty(n, dtype=np.int64)
     c = [0.0, 0.0, 0.0]
     cid = vtk.reference(0)
     sid = vtk.reference(0)
-    d2 = vtk.reference(0.0)
+    dd = vtk.reference(0.0)
     cell = vtk.vtkGenericCell()
     for i in range(n):
-        loc.FindClosestPoint(pts[i], c, cell, cid, sid, d2)
-        dist[i] = d2.get()
+        locator.FindClosestPoint(pts[i], c, cell, cid, sid, dd)
+        d2[i] = dd.get()
         closest[i] = c
-    return np.sqrt(np.maximum(dist, 0.0)), closest
+        cell_ids[i] = cid.get()
+    return np.sqrt(np.maximum(d2, 0.0)), closest, cell_ids
+
+
+def point_to_mesh_distance(
+    mesh: vtk.vtkPolyData, points: np.ndarray, locator: vtk.vtkStaticCellLocator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact unsigned distance from each point (N, 3) to the triangles of ``mesh``, and the closest points."""
+    if mesh.GetNumberOfCells() == 0:
+        raise ValueError("point_to_mesh_distance: the mesh has no cells.")
+    if len(np.asarray(points).reshape(-1, 3)) == 0:
+        return np.zeros(0), np.zeros((0, 3))
+    dist, closest, _ = closest_points(locator if locator is not None else cell_locator(mesh), points)
+    return dist, closest
 
 
 def signed_distance(mesh: vtk.vtkPolyData, points: np.ndarray) -> np.ndarray:

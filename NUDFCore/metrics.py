@@ -46,6 +46,7 @@ from .io import make_polydata, polydata_points, polydata_triangles
 from .meshtools import (
     boundary_loops,
     cell_locator,
+    closest_points,
     face_normals,
     loop_length,
     sample_surface,
@@ -211,24 +212,6 @@ def _clean_triangles(mesh: vtk.vtkPolyData, name: str) -> tuple[vtk.vtkPolyData,
     return make_polydata(pts, tris), pts, tris
 
 
-def _closest_faces(loc: vtk.vtkStaticCellLocator, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact distance from each point to the located mesh and the id of the closest triangle."""
-    n = len(points)
-    d2 = np.empty(n)
-    cids = np.empty(n, dtype=np.int64)
-    c = [0.0, 0.0, 0.0]
-    cid = vtk.reference(0)
-    sid = vtk.reference(0)
-    dd = vtk.reference(0.0)
-    cell = vtk.vtkGenericCell()
-    pts = np.ascontiguousarray(points, dtype=np.float64)
-    for i in range(n):
-        loc.FindClosestPoint(pts[i], c, cell, cid, sid, dd)
-        d2[i] = dd.get()
-        cids[i] = cid.get()
-    return np.sqrt(np.maximum(d2, 0.0)), cids
-
-
 def _sample_loop(points: np.ndarray, loop: np.ndarray, step_mm: float) -> np.ndarray:
     """Points along a closed polyline, at most ``step_mm`` apart, including every vertex."""
     p = points[loop]
@@ -317,11 +300,11 @@ def surface_metrics(
     sp, np_, _ = sample_surface(pred, n_samples, seed)
     sg, ng, _ = sample_surface(gt, n_samples, seed + 1)
     loc_p, loc_g = cell_locator(pred), cell_locator(gt)
-    d_pg, c_pg = _closest_faces(loc_g, sp)
-    d_gp, c_gp = _closest_faces(loc_p, sg)
+    d_pg, _, c_pg = closest_points(loc_g, sp)
+    d_gp, _, c_gp = closest_points(loc_p, sg)
     # The maximum often sits at a vertex (a spike, a corner): include vertices for the max only.
-    v_pg, _ = _closest_faces(loc_g, p_pts)
-    v_gp, _ = _closest_faces(loc_p, g_pts)
+    v_pg = closest_points(loc_g, p_pts)[0]
+    v_gp = closest_points(loc_p, g_pts)[0]
 
     fn_g = face_normals(g_pts, g_tris)
     fn_p = face_normals(p_pts, p_tris)
