@@ -25,9 +25,9 @@ def ct(phantom_case) -> Volume:
 
 
 @pytest.fixture(scope="module")
-def result(ct, phantom_case, tiny_model_path):
+def result(ct, phantom_case, model_path):
     stages = []
-    res = segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path,
+    res = segment(ct, seed_lps=phantom_case.seed_lps, model=model_path,
                   options=SegmentOptions(resolution_mm=RESOLUTION_MM, device="cpu",
                                          progress=lambda s, f: stages.append((s, f))))
     res.stages_seen = stages
@@ -50,8 +50,8 @@ def test_segment_returns_open_mesh_near_ground_truth(result, phantom_case):
     m = surface_metrics(mesh, phantom_case.load_mesh(), n_samples=20_000)
     print(f"segment vs GT: MSD {m.msd_mm:.3f} mm, HD95 {m.hd95_mm:.3f} mm, false area {m.false_area_mm2:.1f} mm2 "
           f"({100 * m.false_area_fraction:.1f} %), rim {m.boundary_mean_mm:.2f} mm")
-    assert m.msd_mm < 1.5
-    assert m.false_area_fraction < 0.15
+    assert m.msd_mm < 0.75  # the bundled model reaches ~0.25 mm on this phantom it has never seen
+    assert m.false_area_fraction < 0.05
     assert meshtools.back_to_back_face_pairs(mesh) <= 0.01 * mesh.GetNumberOfCells()
 
 
@@ -65,19 +65,19 @@ def test_result_reports_timings_queries_and_memory(result):
     assert result.stages_seen[0][0] == "check" and any(s.startswith("surface") for s, _ in result.stages_seen)
 
 
-def test_seed_frames_agree(ct, phantom_case, tiny_model_path, result):
+def test_seed_frames_agree(ct, phantom_case, model_path, result):
     seed_ras = frames.lps_to_ras(phantom_case.seed_lps)
-    again = segment(ct, seed_ras=seed_ras, model=tiny_model_path,
+    again = segment(ct, seed_ras=seed_ras, model=model_path,
                     options=SegmentOptions(resolution_mm=RESOLUTION_MM, device="cpu"))
     assert np.allclose(polydata_points(again.mesh_lps), polydata_points(result.mesh_lps))
 
 
 @pytest.mark.parametrize("frame", ["lps", "ras"])
-def test_cli_writes_stl_in_chosen_frame(tmp_path, phantom_case, tiny_model_path, frame, capsys):
+def test_cli_writes_stl_in_chosen_frame(tmp_path, phantom_case, model_path, frame, capsys):
     out = tmp_path / f"laa_{frame}.stl"
     seed = ",".join(f"{v:.3f}" for v in frames.from_lps(phantom_case.seed_lps, frame))
     args = ["segment", str(phantom_case.ct_path), f"--seed-{frame}={seed}", "--out", str(out), "--frame", frame,
-            "--model", str(tiny_model_path), "--device", "cpu", "--resolution", str(RESOLUTION_MM),
+            "--model", str(model_path), "--device", "cpu", "--resolution", str(RESOLUTION_MM),
             "--progress-format", "none"]
     assert cli_main(args) == 0
     summary = capsys.readouterr().out
@@ -97,11 +97,12 @@ def test_cli_writes_stl_in_chosen_frame(tmp_path, phantom_case, tiny_model_path,
     assert cli_main(args + ["--force"]) == 0
 
 
-def test_cli_json_progress_protocol(tmp_path, phantom_case, tiny_model_path, capsys):
+def test_cli_json_progress_protocol_with_the_bundled_model(tmp_path, phantom_case, model_path, capsys):
     out = tmp_path / "laa.vtp"
     seed = ",".join(f"{v:.3f}" for v in phantom_case.seed_lps)
-    assert cli_main(["segment", str(phantom_case.ct_path), f"--seed-lps={seed}", "--out", str(out), "--model",
-                     str(tiny_model_path), "--resolution", "1.0", "--progress-format", "json"]) == 0
+    # no --model: the bundled one
+    assert cli_main(["segment", str(phantom_case.ct_path), f"--seed-lps={seed}", "--out", str(out),
+                     "--resolution", "1.0", "--progress-format", "json"]) == 0
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     assert any("stage" in l and 0.0 <= l["fraction"] <= 1.0 for l in lines)
     assert lines[-1]["done"] is True and lines[-1]["summary"]["quality"]["n_faces"] > 0
@@ -118,24 +119,24 @@ def _run_cli_expect_error(tmp_path, capsys, ct_path, seed_arg, model, match):
     assert not out.exists() and not list(tmp_path.glob(".bad.stl*"))
 
 
-def test_seed_outside_volume(tmp_path, capsys, phantom_case, tiny_model_path, ct):
+def test_seed_outside_volume(tmp_path, capsys, phantom_case, model_path, ct):
     lo, hi = ct.bounds_lps()
     far = ",".join(f"{v:.1f}" for v in hi + 50.0)
-    _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={far}", tiny_model_path,
+    _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={far}", model_path,
                           "outside the CT volume")
 
 
-def test_seed_in_air(tmp_path, capsys, phantom_case, tiny_model_path, ct):
+def test_seed_in_air(tmp_path, capsys, phantom_case, model_path, ct):
     ijk = np.argwhere(ct.array < -700)[len(np.argwhere(ct.array < -700)) // 2][::-1]  # a lung voxel (k,j,i -> i,j,k)
     p = ",".join(f"{v:.2f}" for v in ct.index_to_lps(ijk))
-    _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={p}", tiny_model_path, "air or lung")
+    _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={p}", model_path, "air or lung")
 
 
-def test_not_a_ct(tmp_path, capsys, phantom_case, tiny_model_path, ct):
+def test_not_a_ct(tmp_path, capsys, phantom_case, model_path, ct):
     mr = Volume(np.clip(ct.array.astype(np.float32) + 1024, 0, None) * 0.8, ct.spacing, ct.origin_lps, ct.direction_lps)
     path = write_volume(mr, tmp_path / "mr.nii.gz")
     seed = ",".join(f"{v:.3f}" for v in phantom_case.seed_lps)
-    _run_cli_expect_error(tmp_path, capsys, path, f"--seed-lps={seed}", tiny_model_path, "does not look like a CT")
+    _run_cli_expect_error(tmp_path, capsys, path, f"--seed-lps={seed}", model_path, "does not look like a CT")
 
 
 def test_all_far_prediction(tmp_path, capsys, phantom_case):
@@ -149,19 +150,19 @@ def test_all_far_prediction(tmp_path, capsys, phantom_case):
     _run_cli_expect_error(tmp_path, capsys, phantom_case.ct_path, f"--seed-lps={seed}", model, "no LAA surface")
 
 
-def test_api_argument_errors(ct, phantom_case, tiny_model_path):
+def test_api_argument_errors(ct, phantom_case, model_path):
     with pytest.raises(InputError, match="exactly one seed"):
-        segment(ct, model=tiny_model_path)
+        segment(ct, model=model_path)
     with pytest.raises(InputError, match="exactly one seed"):
-        segment(ct, seed_lps=phantom_case.seed_lps, seed_ras=phantom_case.seed_lps, model=tiny_model_path)
+        segment(ct, seed_lps=phantom_case.seed_lps, seed_ras=phantom_case.seed_lps, model=model_path)
     with pytest.raises(InputError, match="resolution"):
-        segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path, options=SegmentOptions(resolution_mm=0))
+        segment(ct, seed_lps=phantom_case.seed_lps, model=model_path, options=SegmentOptions(resolution_mm=0))
     with pytest.raises(InputError, match="trained on"):
-        segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path,
+        segment(ct, seed_lps=phantom_case.seed_lps, model=model_path,
                 options=SegmentOptions(crop_size_mm=150.0, resolution_mm=1.0))
 
 
-def test_cancel_raises(ct, phantom_case, tiny_model_path):
+def test_cancel_raises(ct, phantom_case, model_path):
     calls = []
 
     def cancel():
@@ -169,6 +170,6 @@ def test_cancel_raises(ct, phantom_case, tiny_model_path):
         return len(calls) > 3
 
     with pytest.raises(SegmentationCancelled):
-        segment(ct, seed_lps=phantom_case.seed_lps, model=tiny_model_path,
+        segment(ct, seed_lps=phantom_case.seed_lps, model=model_path,
                 options=SegmentOptions(resolution_mm=1.0, cancel=cancel))
     assert issubclass(SegmentationCancelled, SegmentationError)

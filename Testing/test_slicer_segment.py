@@ -2,7 +2,7 @@
 seed in RAS, the Logic in-process and the background worker, the model node, and the STL export.
 
 Uses the lead's session fixtures ``phantom_case`` (case_dir with ct.nii.gz, laa.vtp, meta.json) and
-``tiny_model_path`` (a small model trained on that phantom) from Testing/conftest.py.
+``model_path`` (the bundled model, which has not seen that phantom) from Testing/conftest.py.
 """
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ from NUDFSegmentationLib.SelfTest import addSeedNode, loadVolumeNode, makeScene 
 
 #: Resolution of these runs: coarser than the 0.25 mm default to keep CPU tests quick.
 RESOLUTION_MM = 0.75
-#: Mean distance (mm) to the phantom's ground truth that a briefly trained tiny model must reach.
-MAX_MEAN_DISTANCE_MM = 2.0
+#: Mean distance (mm) from the mesh to the phantom's ground truth that the bundled model must reach here
+#: (it reaches ~0.25 mm at 0.5 mm resolution on this unseen phantom).
+MAX_MEAN_DISTANCE_MM = 1.0
 
 
 def _case(phantom_case) -> dict:
-    case_dir = Path(getattr(phantom_case, "case_dir", phantom_case if not isinstance(phantom_case, dict) else phantom_case["case_dir"]))
+    case_dir = Path(phantom_case.case_dir)
     meta = json.loads((case_dir / "meta.json").read_text())
     return {"ct": case_dir / "ct.nii.gz", "laa": case_dir / "laa.vtp",
             "seed_ras": np.asarray(meta["seed_ras"], float), "seed_lps": np.asarray(meta["seed_lps"], float)}
@@ -45,7 +46,7 @@ def case(phantom_case) -> dict:
 
 
 @pytest.fixture(scope="module")
-def segmented(case, tiny_model_path):
+def segmented(case, model_path):
     """One in-process run through the Logic, shared by the assertions below."""
     scene = makeScene()
     volume = loadVolumeNode(scene, case["ct"], "PhantomCT")
@@ -54,7 +55,7 @@ def segmented(case, tiny_model_path):
 
     stages: list[str] = []
     options = SegmentOptions(resolution_mm=RESOLUTION_MM, device="cpu", progress=lambda s, f: stages.append(s))
-    model, result = SegmentationLogic(scene).segmentVolumeNode(volume, seed, options=options, model=tiny_model_path)
+    model, result = SegmentationLogic(scene).segmentVolumeNode(volume, seed, options=options, model=model_path)
     return {"scene": scene, "volume": volume, "seed": seed, "model": model, "result": result, "stages": stages}
 
 
@@ -100,7 +101,7 @@ def test_exported_stl_is_in_the_requested_frame(segmented, tmp_path, frame):
     np.testing.assert_allclose(pts.max(0), expected.max(0), atol=1e-3)
 
 
-def test_background_worker_end_to_end(case, tiny_model_path):
+def test_background_worker_end_to_end(case, model_path):
     scene = makeScene()
     volume = loadVolumeNode(scene, case["ct"], "PhantomCT")
     params = NUDFParameters.getParameterNode(scene)
@@ -110,7 +111,7 @@ def test_background_worker_end_to_end(case, tiny_model_path):
     worker = BackgroundSegmentation()
     model = worker.run(
         volume, case["seed_ras"], scene=scene, onEvent=events.append,
-        modelPath=str(tiny_model_path), device="cpu", resolutionMm=RESOLUTION_MM,
+        modelPath=str(model_path), device="cpu", resolutionMm=RESOLUTION_MM,
     )
     progress = [e for e in events if e.kind == "progress"]
     assert worker.state == "done" and len(progress) >= 5
@@ -124,13 +125,13 @@ def test_background_worker_end_to_end(case, tiny_model_path):
     assert not worker.workDir.exists()  # temporary NRRD/VTP removed
 
 
-def test_background_cancel_stops_the_real_engine(case, tiny_model_path):
+def test_background_cancel_stops_the_real_engine(case, model_path):
     import psutil
 
     scene = makeScene()
     volume = loadVolumeNode(scene, case["ct"], "PhantomCT")
     worker = BackgroundSegmentation()
-    worker.start(volume, case["seed_ras"], modelPath=str(tiny_model_path), device="cpu", resolutionMm=0.25)
+    worker.start(volume, case["seed_ras"], modelPath=str(model_path), device="cpu", resolutionMm=0.25)
     t0 = time.time()
     seen = []
     while worker.isRunning() and not any(e.kind == "progress" and e.stage == "encode" for e in seen) and time.time() - t0 < 120:
