@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test install clean help
+.PHONY: demo test install model clean help
 
 help:
 	@echo "make demo  - install into .venv and run the demo (phantom -> segmentation -> report)"
 	@echo "make test  - install test extras into .venv and run the whole test suite"
+	@echo "make model - reproduce the bundled model (phantoms + training, resumable; hours on a CPU)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest Testing -q
+
+model: $(VENV)/.installed
+	bash benchmarks/train_bundled_model.sh runs
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

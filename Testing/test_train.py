@@ -206,18 +206,16 @@ N_SAMPLES = 40_000  # per case; the fixture computes them once and the copies re
 
 
 @pytest.fixture(scope="module")
-def phantom_data(tmp_path_factory):
-    """A dataset of two cases: one compact phantom (with its samples cached) and a copy of it.
+def phantom_data(tmp_path_factory, phantom_root):
+    """A dataset of two cases: the session's compact phantom (with its samples cached) and a copy of it.
 
     Generating a phantom and its samples is the slow part; the copy exercises the train/val split for free.
     """
-    phantom = pytest.importorskip("NUDFCore.phantom")
-    pytest.importorskip("NUDFCore.data")
     from NUDFCore.data import list_cases
     from NUDFCore.sampling import load_or_sample
 
     root = tmp_path_factory.mktemp("phantoms")
-    phantom.write_case(phantom.generate_case(0, size="compact"), root / "case000")
+    shutil.copytree(phantom_root / "case000", root / "case000")
     load_or_sample(list_cases(root)[0], n_points=N_SAMPLES, seed=0)
     shutil.copytree(root / "case000", root / "case001")
     return root
