@@ -433,7 +433,7 @@ def segment(
                 fieldfn = None
 
     with stages.stage("post-process"):
-        mesh = meshing.keep_component_near(mesh, seed)
+        mesh = meshing.keep_component_near(mesh, seed, opts.min_component_fraction)
         mesh = meshing.remove_small_components(mesh, opts.min_component_fraction)
         if opts.smoothing > 0:
             passband = float(10 ** (-1 - 2 * opts.smoothing))  # 0.1 (light) .. 0.001 (strong)

@@ -792,7 +792,7 @@ def extract_open_surface(
     mesh = _consistent_winding(make_polydata(pts, tris))
     mesh = _with_udf(mesh, vu)
     if keep_point is not None:
-        mesh = keep_component_near(mesh, keep_point)
+        mesh = keep_component_near(mesh, keep_point, min_component_fraction)
     if min_component_fraction > 0:
         mesh = remove_small_components(mesh, min_component_fraction)
     mesh, n_filled = fill_small_holes(mesh, max_hole_edges)
@@ -882,21 +882,28 @@ def _project(
 
 
 # ------------------------------------------------------------------------------------------- clean-up
-def keep_component_near(mesh: vtk.vtkPolyData, point: Sequence[float]) -> vtk.vtkPolyData:
+def keep_component_near(mesh: vtk.vtkPolyData, point: Sequence[float], min_fraction: float = 0.0) -> vtk.vtkPolyData:
     """The face-connected component whose surface passes closest to ``point`` (e.g. the seed region).
 
+    Only components with at least ``min_fraction`` of the total area compete (the largest always does): a
+    seed sits inside the lumen, where a few-face speck of noise can be nearer than the wall itself.
     Point data arrays are carried over.
     """
-    from .meshtools import cell_locator, connected_components
+    from .meshtools import cell_locator, connected_components, triangle_areas
 
     if mesh.GetNumberOfCells() == 0:
         return mesh
     labels = connected_components(mesh)
-    loc = cell_locator(mesh)
+    area = np.bincount(labels, weights=triangle_areas(polydata_points(mesh), polydata_triangles(mesh)))
+    eligible = area >= min_fraction * area.sum()
+    eligible[int(np.argmax(area))] = True
+    candidates = _submesh_keep_data(mesh, eligible[labels])
+    cand_labels = labels[eligible[labels]]
+    loc = cell_locator(candidates)
     closest = [0.0, 0.0, 0.0]
     cid, sid, d2 = vtk.reference(0), vtk.reference(0), vtk.reference(0.0)
     loc.FindClosestPoint([float(x) for x in np.asarray(point, dtype=np.float64).reshape(3)], closest, cid, sid, d2)
-    return _submesh_keep_data(mesh, labels == labels[int(cid)])
+    return _submesh_keep_data(mesh, labels == cand_labels[int(cid)])
 
 
 def remove_small_components(mesh: vtk.vtkPolyData, min_fraction: float) -> vtk.vtkPolyData:

@@ -244,6 +244,17 @@ def test_keep_point_selects_the_component_near_the_seed():
         assert meshing._point_array(direct, "udf") is not None  # point data carried over
 
 
+def test_a_speck_nearer_the_seed_does_not_beat_the_sheet():
+    """A seed sits inside the lumen, where a noise speck can be nearer than the wall: specks must not win."""
+    sheet = make_polydata(np.array([[0, 0, 0], [20, 0, 0], [0, 20, 0], [20, 20, 0]], float), np.array([[0, 1, 2], [1, 3, 2]]))
+    speck_pts = np.array([[5, 5, 4.9], [5.3, 5, 4.9], [5, 5.3, 4.9]], float)
+    both = make_polydata(np.vstack([polydata_points(sheet), speck_pts]), np.array([[0, 1, 2], [1, 3, 2], [4, 5, 6]]))
+    seed = [5.1, 5.1, 5.0]  # 0.1 mm from the speck, 5 mm from the sheet
+    assert meshing.keep_component_near(both, seed).GetNumberOfCells() == 1  # nearest wins without a floor
+    kept = meshing.keep_component_near(both, seed, min_fraction=0.01)
+    assert kept.GetNumberOfCells() == 2 and np.allclose(polydata_points(kept)[:, 2], 0.0)
+
+
 def test_remove_small_components_drops_fragments_only():
     _, _, udf = two_disks()
     mesh = meshing.extract_open_surface(udf, None, *BOX, 0.5, min_component_fraction=0).mesh
