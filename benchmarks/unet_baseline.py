@@ -288,7 +288,13 @@ def train_unet(args, train_cases, val_cases, device):
         losses = []
         bar = tqdm(range(args.steps), desc=f"U-Net epoch {epoch + 1}/{args.epochs}")
         for _ in bar:
-            lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(total, 1))))
+            elapsed = (time.perf_counter() - t_train) / 60.0
+            if args.max_minutes and elapsed >= args.max_minutes:
+                break
+            frac = step / max(total, 1)
+            if args.max_minutes:  # a time budget: the schedule follows whichever end comes first
+                frac = max(frac, elapsed / args.max_minutes)
+            lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
             for gp in opt.param_groups:
                 gp["lr"] = lr
             t0 = time.perf_counter()
@@ -304,6 +310,8 @@ def train_unet(args, train_cases, val_cases, device):
             step_times.append(time.perf_counter() - t0)
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if not losses:
+            break
         net.eval()
         dices = [dice(predict(net, pc.image, g, window, device), lab) for pc, g, lab in val_items]
         rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices)) if dices
@@ -315,9 +323,11 @@ def train_unet(args, train_cases, val_cases, device):
             torch.save({"state_dict": net.state_dict(), "epoch": epoch + 1, "history": history}, out / "unet_laa.pt")
         tqdm.write(f"epoch {epoch + 1}: loss {rec['train_loss']:.3f}, val Dice {rec['val_dice']:.3f}"
                    f"{' (best)' if improved else ''}")
+        if args.max_minutes and (time.perf_counter() - t_train) / 60.0 >= args.max_minutes:
+            break
     best_state = torch.load(out / "unet_laa.pt", weights_only=True)
     net.load_state_dict(best_state["state_dict"])
-    info = {"history": history, "best_epoch": best_state["epoch"], "train_s": time.perf_counter() - t_train,
+    info = {"history": history, "best_epoch": best_state["epoch"], "steps": step, "train_s": time.perf_counter() - t_train,
             "median_step_s": float(np.median(step_times)) if step_times else float("nan"),
             "params": sum(p.numel() for p in net.parameters())}
     return net.eval(), info
@@ -559,6 +569,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=100, help="steps per epoch")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="training time budget: stop (and finish the cosine schedule) when it is spent")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--crop-n", type=int, default=64)
     p.add_argument("--crop-mm", type=float, default=70.0)
@@ -627,7 +639,8 @@ def main(argv=None) -> int:
             f"MONAI UNet channels {UNET_CHANNELS}, strides {UNET_STRIDES}, 2 residual units, instance norm, "
             f"{info['params'] / 1e6:.2f} M parameters; crop {args.crop_mm:.0f} mm on {args.crop_n}³ "
             f"({args.crop_mm / (args.crop_n - 1):.2f} mm voxels); trained on {len(train_cases)} cases "
-            f"({len(val_cases)} for validation, split seed {args.seed}), {args.epochs}×{args.steps} steps of batch "
+            f"({len(val_cases)} for validation, split seed {args.seed}), {info['steps']} steps (planned "
+            f"{args.epochs}×{args.steps}{f', budget {args.max_minutes:g} min' if args.max_minutes else ''}) of batch "
             f"{args.batch}, Dice+CE, Adam lr {args.lr} (cosine), seed {args.seed}; {info['train_s'] / 60:.1f} min "
             f"({info['median_step_s']:.2f} s/step median), best epoch {info['best_epoch']} by validation Dice "
             f"({', '.join(format(h['val_dice'], '.3f') for h in info['history'])}). Surface = marching cubes at p = 0.5, "
