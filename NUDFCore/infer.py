@@ -240,7 +240,7 @@ def _choose_chunk(device, n_features: int) -> int:
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = psutil.virtual_memory().available
-    return int(np.clip(0.1 * free / per_query, 4096, 262_144))
+    return int(np.clip(0.1 * free / per_query, 4096, 65_536))  # larger chunks only raise peak memory
 
 
 # ------------------------------------------------------------------------------------------- field
