@@ -75,7 +75,7 @@ def test_truncated_l1_values_and_no_dead_gradient():
     loss = truncated_l1(pred, true, truncation_mm=5.0)
     # |0.5-1| + |min(6,5)... prediction above T for a point whose truth is 3 -> |6-3| (pushed down),
     # truth 9 ≥ T with pred 2 -> 5-2, truth 8 ≥ T with pred 7 -> 0
-    assert float(loss) == pytest.approx((0.5 + 3.0 + 3.0 + 0.0) / 4)
+    assert float(loss.detach()) == pytest.approx((0.5 + 3.0 + 3.0 + 0.0) / 4)
     loss.backward()
     np.testing.assert_allclose(pred.grad.numpy(), [[-0.25, 0.25, -0.25, 0.0]])
 
