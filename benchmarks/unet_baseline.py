@@ -322,7 +322,7 @@ def train_unet(args, train_cases, val_cases, device):
             best = rec["val_dice"] if dices else best
             torch.save({"state_dict": net.state_dict(), "epoch": epoch + 1, "history": history}, out / "unet_laa.pt")
         tqdm.write(f"epoch {epoch + 1}: loss {rec['train_loss']:.3f}, val Dice {rec['val_dice']:.3f}"
-                   f"{' (best)' if improved else ''}")
+                   f"{' (best)' if improved else ''}", file=sys.stderr)
         if args.max_minutes and (time.perf_counter() - t_train) / 60.0 >= args.max_minutes:
             break
     best_state = torch.load(out / "unet_laa.pt", weights_only=True)
