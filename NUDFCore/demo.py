@@ -107,7 +107,7 @@ def run_demo(
         log(f"[2/4] Using the model {model_path}")
 
     # 3. segment from the phantom's seed point
-    log(f"[3/4] Segmenting the LAA from the seed point {[round(v, 1) for v in case.seed_lps]} (LPS)...")
+    log(f"[3/4] Segmenting the LAA from the seed point ({', '.join(f'{v:.1f}' for v in case.seed_lps)}) mm LPS...")
     ct = case.load_volume()
     result = segment(ct, seed_lps=case.seed_lps, model=model_path,
                      options=SegmentOptions(resolution_mm=resolution_mm, device=device))
