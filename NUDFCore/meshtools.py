@@ -252,3 +252,30 @@ def back_to_back_face_pairs(mesh: vtk.vtkPolyData, tol_mm: float | None = None) 
         return 0
     dots = np.einsum("ij,ij->i", normals[pairs[:, 0]], normals[pairs[:, 1]])
     return int((dots < -0.9).sum())
+
+
+def clip_by_plane(mesh: vtk.vtkPolyData, origin: np.ndarray, normal: np.ndarray) -> vtk.vtkPolyData:
+    """The part of a triangle mesh on the side the normal points to (``(p − origin)·normal ≥ 0``).
+
+    Cut triangles are split exactly at the plane and re-triangulated; coincident points are merged, so the
+    cut edge becomes one boundary loop (how an LAA surface is opened at its ostium plane).
+    """
+    plane = vtk.vtkPlane()
+    plane.SetOrigin(*[float(v) for v in np.asarray(origin, dtype=np.float64).reshape(3)])
+    plane.SetNormal(*[float(v) for v in np.asarray(normal, dtype=np.float64).reshape(3)])
+    clip = vtk.vtkClipPolyData()
+    clip.SetInputData(mesh)
+    clip.SetClipFunction(plane)
+    clip.SetValue(0.0)
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputConnection(clip.GetOutputPort())
+    tri.PassLinesOff()
+    tri.PassVertsOff()
+    clean = vtk.vtkCleanPolyData()
+    clean.SetInputConnection(tri.GetOutputPort())
+    clean.PointMergingOn()
+    clean.SetTolerance(0.0)
+    clean.Update()
+    out = vtk.vtkPolyData()
+    out.DeepCopy(clean.GetOutput())
+    return out

@@ -1007,7 +1007,7 @@ class _Reject(Exception):
 def _marching_cubes_gt(an: _Anatomy) -> _GroundTruth:
     from skimage.measure import marching_cubes
 
-    from .meshtools import boundary_loops, connected_components
+    from .meshtools import boundary_loops, clip_by_plane, connected_components
 
     laa = an.laa
     fld = an.fields["la"]
@@ -1032,25 +1032,7 @@ def _marching_cubes_gt(an: _Anatomy) -> _GroundTruth:
     _, g = _value_and_gradient(fld, cen)
     if np.sum(np.einsum("ij,ij->i", fn, g) > 0) < 0.5 * len(faces):
         faces = faces[:, ::-1]
-    mesh = make_polydata(pts, faces)
-    plane = vtk.vtkPlane()
-    plane.SetOrigin(*o)
-    plane.SetNormal(*nrm)
-    clip = vtk.vtkClipPolyData()
-    clip.SetInputData(mesh)
-    clip.SetClipFunction(plane)
-    clip.SetValue(0.0)
-    clip.Update()
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputConnection(clip.GetOutputPort())
-    tri.PassLinesOff()
-    tri.PassVertsOff()
-    clean = vtk.vtkCleanPolyData()
-    clean.SetInputConnection(tri.GetOutputPort())
-    clean.PointMergingOn()
-    clean.SetTolerance(0.0)
-    clean.Update()
-    out = clean.GetOutput()
+    out = clip_by_plane(make_polydata(pts, faces), o, nrm)
     cpts, ctris = polydata_points(out), polydata_triangles(out)
     # drop slivers left by the cut
     a, b, c = cpts[ctris[:, 0]], cpts[ctris[:, 1]], cpts[ctris[:, 2]]
