@@ -512,7 +512,7 @@ def memory_table(args, test_case_dir: Path | None) -> str:
                     f"{n}³ encoder, {res} mm surface", {"kind": "nudf_segment", "model": str(model),
                                                          "case": str(test_case_dir), "resolution": res})
             res = min(args.nudf_resolutions)
-            add("NUDF", f"inference, decoder chunk {args.small_chunk} queries (segment's default: from free memory)",
+            add("NUDF", f"inference, decoder chunk fixed at {args.small_chunk} queries (rows above: segment's default chunk)",
                 f"{n}³ encoder, {res} mm surface", {"kind": "nudf_segment", "model": str(model),
                                                      "case": str(test_case_dir), "resolution": res,
                                                      "chunk": args.small_chunk})
