@@ -206,32 +206,17 @@ def dice(prob: np.ndarray, labels: np.ndarray) -> float:
 
 def probability_surface(prob: np.ndarray, geometry, ostium_center_lps, ostium_normal_lps):
     """Marching cubes at 0.5 → LPS → clipped at the ostium plane (LAA side kept) → largest component."""
-    import vtk
     from skimage.measure import marching_cubes
 
     from NUDFCore.io import make_polydata
-    from NUDFCore.meshtools import keep_largest_component
+    from NUDFCore.meshtools import clip_by_plane, keep_largest_component
 
     if prob.max() <= 0.5 or prob.min() >= 0.5:
         return None
     verts, faces, _, _ = marching_cubes(prob, level=0.5)  # verts in (z, y, x) voxel units
     xyz = verts[:, ::-1] * (2.0 / (geometry.n - 1)) - 1.0
     mesh = make_polydata(geometry.normalized_to_lps(xyz), faces.astype(np.int64))
-    plane = vtk.vtkPlane()
-    plane.SetOrigin(*[float(v) for v in ostium_center_lps])
-    plane.SetNormal(*[float(v) for v in ostium_normal_lps])
-    clip = vtk.vtkClipPolyData()
-    clip.SetInputData(mesh)
-    clip.SetClipFunction(plane)
-    clip.SetValue(0.0)
-    clip.Update()
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputConnection(clip.GetOutputPort())
-    tri.Update()
-    clean = vtk.vtkCleanPolyData()
-    clean.SetInputConnection(tri.GetOutputPort())
-    clean.Update()
-    out = clean.GetOutput()
+    out = clip_by_plane(mesh, ostium_center_lps, ostium_normal_lps)
     if out.GetNumberOfCells() == 0:
         return None
     return keep_largest_component(out)
