@@ -397,7 +397,7 @@ def segment(
     for p in range(passes):
         final = p == passes - 1
         geom = CropGeometry(centre, size_mm, cfg.crop_n)
-        if p == 0 or fieldfn is None:
+        if fieldfn is None:
             with stages.stage("encode"):
                 fieldfn = NetworkField(net, region, geom, window, device, chunk)
         margin = 2.0 * max(h, geom.spacing_mm)
@@ -446,9 +446,7 @@ def segment(
                 centre = new_centre
                 fieldfn = None
 
-    with stages.stage("post-process"):
-        mesh = meshing.keep_component_near(mesh, seed, opts.min_component_fraction)
-        mesh = meshing.remove_small_components(mesh, opts.min_component_fraction)
+    with stages.stage("post-process"):  # the seed's sheet was already kept and fragments dropped by meshing
         if opts.smoothing > 0:
             passband = float(10 ** (-1 - 2 * opts.smoothing))  # 0.1 (light) .. 0.001 (strong)
             mesh = meshing.smooth_windowed_sinc(mesh, iterations=20, passband=passband)
