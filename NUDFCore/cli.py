@@ -38,7 +38,7 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
                    help="full: a 512x512 CT with a realistic field of view (default); compact: a 110-130 mm "
                    "field of view around the left atrium (fast, for training sets and tests)")
     p.add_argument("--force", action="store_true", help="overwrite existing case folders")
-    p.set_defaults(func=_run_phantom, command_name="phantom")
+    p.set_defaults(func=_run_phantom)
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
@@ -189,7 +189,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="distance (mm) beyond which predicted area counts as false (default: 3)")
     p.add_argument("--case", default="", help="case name stored in the JSON/CSV row")
     p.add_argument("--force", action="store_true", help="overwrite existing JSON/CSV outputs")
-    p.set_defaults(func=_run_evaluate, command_name="evaluate")
+    p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -252,7 +252,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="continue training from OUT's .last.pt (or from CKPT); --epochs is the new total")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_train, command_name="train")
+    p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
