@@ -72,6 +72,17 @@ def test_seed_frames_agree(ct, phantom_case, model_path, result):
     assert np.allclose(polydata_points(again.mesh_lps), polydata_points(result.mesh_lps))
 
 
+def test_exact_gradients_query_the_network_and_agree(ct, phantom_case, model_path, result):
+    assert result.quality["n_grad_queries"] == 0  # default: gradients from the evaluation lattice
+    exact = segment(ct, seed_lps=phantom_case.seed_lps, model=model_path,
+                    options=SegmentOptions(resolution_mm=RESOLUTION_MM, device="cpu", exact_gradients=True))
+    assert exact.quality["n_grad_queries"] > 0
+    gt = phantom_case.load_mesh()
+    a = surface_metrics(result.mesh_lps, gt, n_samples=20_000).msd_mm
+    b = surface_metrics(exact.mesh_lps, gt, n_samples=20_000).msd_mm
+    assert abs(a - b) < 0.1, (a, b)
+
+
 @pytest.mark.parametrize("frame", ["lps", "ras"])
 def test_cli_writes_stl_in_chosen_frame(tmp_path, phantom_case, model_path, frame, capsys):
     out = tmp_path / f"laa_{frame}.stl"
