@@ -12,7 +12,7 @@ from scipy import ndimage
 from NUDFCore import sampling
 from NUDFCore.errors import InputError
 from NUDFCore.io import Volume, make_polydata, polydata_points, polydata_triangles
-from NUDFCore.meshtools import face_normals
+from NUDFCore.meshtools import clip_by_plane, face_normals
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
@@ -35,14 +35,7 @@ def sphere(radius: float = 10.0, res: int = 40, clip_above: float | None = None,
     for z, normal in ((clip_above, (0, 0, -1)), (clip_below, (0, 0, 1))):
         if z is None:
             continue
-        plane = vtk.vtkPlane()
-        plane.SetOrigin(0, 0, z)
-        plane.SetNormal(*normal)
-        clip = vtk.vtkClipPolyData()
-        clip.SetInputData(out)
-        clip.SetClipFunction(plane)
-        clip.Update()
-        out = clip.GetOutput()
+        out = clip_by_plane(out, (0.0, 0.0, z), normal)
     return _triangulated(out)
 
 
