@@ -99,6 +99,19 @@ def face_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
 
 
+def sample_on_faces(
+    points: np.ndarray, triangles: np.ndarray, weights: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points on the faces drawn with probability ∝ ``weights`` (uniform inside a face): points, face ids."""
+    if n == 0:
+        return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+    fid = rng.choice(len(triangles), size=n, p=weights / weights.sum())
+    r1 = np.sqrt(rng.random(n))
+    r2 = rng.random(n)
+    a, b, c = (points[triangles[fid, i]] for i in range(3))
+    return (1 - r1)[:, None] * a + (r1 * (1 - r2))[:, None] * b + (r1 * r2)[:, None] * c, fid
+
+
 def sample_surface(
     mesh: vtk.vtkPolyData, n: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,12 +121,7 @@ def sample_surface(
     areas = triangle_areas(pts, tris)
     if areas.sum() <= 0:
         raise ValueError("sample_surface: the mesh has zero area.")
-    rng = np.random.default_rng(seed)
-    fid = rng.choice(len(tris), size=n, p=areas / areas.sum())
-    r1 = np.sqrt(rng.random(n))
-    r2 = rng.random(n)
-    a, b, c = (pts[tris[fid, i]] for i in range(3))
-    samples = (1 - r1)[:, None] * a + (r1 * (1 - r2))[:, None] * b + (r1 * r2)[:, None] * c
+    samples, fid = sample_on_faces(pts, tris, areas, n, np.random.default_rng(seed))
     return samples, face_normals(pts, tris)[fid], fid
 
 

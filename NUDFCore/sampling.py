@@ -308,19 +308,6 @@ def _check_mix(mix: Mapping[int, float] | None) -> dict[int, float]:
     return {k: float(mix.get(k, 0.0)) / float(vals.sum()) for k in KIND_NAMES}
 
 
-def _sample_on_faces(
-    pts: np.ndarray, tris: np.ndarray, weights: np.ndarray, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` points on the faces drawn with probability ∝ ``weights`` (uniform inside a face): points, face ids."""
-    if n == 0:
-        return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
-    fid = rng.choice(len(tris), size=n, p=weights / weights.sum())
-    r1 = np.sqrt(rng.random(n))
-    r2 = rng.random(n)
-    a, b, c = (pts[tris[fid, i]] for i in range(3))
-    return (1 - r1)[:, None] * a + (r1 * (1 - r2))[:, None] * b + (r1 * r2)[:, None] * c, fid
-
-
 def lumen_side_sign(mesh_lps, seed_lps: np.ndarray, k: int = 32) -> int:
     """+1 if the winding normals point out of the lumen (the seed is on their negative side), else -1.
 
@@ -466,7 +453,7 @@ def sample_case(
     needs edges in the CT; if the box holds too few edge voxels far enough from the GT, the shortfall is
     filled with uniform points (kind 2) and logged, so the total is always ``n_points``.
     """
-    from .meshtools import face_normals, triangle_areas, unsigned_distance
+    from .meshtools import face_normals, sample_on_faces, triangle_areas, unsigned_distance
 
     if int(n_points) < 1:
         raise InputError(f"n_points must be >= 1; got {n_points}.")
@@ -498,7 +485,7 @@ def sample_case(
     near = {}
     for kind, sd, direction in ((KIND_LUMEN, sd_in, -1.0), (KIND_OUTER, sd_out, 1.0)):
         w = areas * np.where(sd < thin_mm, thin_weight, 1.0)
-        p, fid = _sample_on_faces(pts, tris, w, counts[kind], rng)
+        p, fid = sample_on_faces(pts, tris, w, counts[kind], rng)
         offset = np.abs(rng.normal(size=len(fid))) * sigma_from_sd(sd[fid], sigma_range_mm)
         near[kind] = p + direction * offset[:, None] * outward[fid]
 
@@ -584,14 +571,14 @@ def _lumen_points(
     LAA side of the ostium plane, on the lumen side of the nearest surface, and at least a third of that move
     away from the wall (a move that crossed a wall lands close to it or on the wrong side). Never empty:
     the seed stands in when nothing qualifies, since training draws crop centres from these."""
-    from .meshtools import signed_distance
+    from .meshtools import sample_on_faces, signed_distance
 
     if n_lumen <= 0:
         return np.zeros((0, 3))
     kept: list[np.ndarray] = []
     total = 0
     for _ in range(6):
-        p, fid = _sample_on_faces(pts, tris, areas, max(64, (3 * (n_lumen - total)) // 2), rng)
+        p, fid = sample_on_faces(pts, tris, areas, max(64, (3 * (n_lumen - total)) // 2), rng)
         move = np.minimum(sd_in[fid] / 2.0, 15.0)
         q = p - move[:, None] * outward[fid]
         ok = (q - o_c) @ o_n > 0.0
