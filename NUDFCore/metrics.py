@@ -24,7 +24,12 @@ Definitions (``d_pg``: distances of the samples on the prediction to the GT surf
 - ``false_area_fraction`` / ``false_area_mm2``: the share / amount of the predicted area farther than
   ``false_area_threshold_mm`` (3 mm) from the GT surface — false sheets that the mean hides.
 - Paper-style figures (NUDF, ISBI 2022): ``accuracy_p90_mm`` (90th percentile of ``d_pg``) and
-  ``completeness_within_2mm`` (share of the GT area within 2 mm of the prediction).
+  ``completeness_within_2mm`` (share of the GT area within 2 mm of the prediction, a fraction 0–1).
+- Area coverage in **percent** (0–100) at the radii ``COVERAGE_RADII_MM`` (2 and 3 mm): ``precision_<d>mm``,
+  the share of the predicted area within d mm of the GT (is what was predicted on the surface?), and
+  ``completeness_<d>mm``, the share of the GT area within d mm of the prediction (was all of it found?).
+  A prediction that is right where it exists but misses half of the LAA scores ~100 % / ~50 %, which the
+  mean distance hides.
 
 With ``spacing_mm`` (a voxel spacing, scalar) the main distances are also given in voxel units (``*_vox``).
 """
@@ -56,6 +61,8 @@ from .meshtools import (
 DEFAULT_SAMPLES = 50_000
 FALSE_AREA_THRESHOLD_MM = 3.0
 COMPLETENESS_RADIUS_MM = 2.0
+#: radii (mm) of the precision_<d>mm / completeness_<d>mm fields (percent of area)
+COVERAGE_RADII_MM: tuple[float, ...] = (2.0, 3.0)
 
 
 @dataclass
@@ -82,6 +89,10 @@ class SurfaceMetrics:
     completeness_p95_mm: float
     completeness_max_mm: float
     completeness_within_2mm: float
+    precision_2mm: float
+    precision_3mm: float
+    completeness_2mm: float
+    completeness_3mm: float
     boundary_mean_mm: float
     boundary_max_mm: float
     pred_boundary_loops: int
@@ -114,6 +125,9 @@ class SurfaceMetrics:
         """Inverse of :meth:`to_dict` (also accepts the strings of a CSV row and ``None`` for NaN)."""
         kwargs = {}
         for f in fields(cls):
+            if f.name not in data and f.name in _LATER_FIELDS:
+                kwargs[f.name] = float("nan")
+                continue
             if f.name not in data:
                 raise InputError(f"Metrics record lacks the field {f.name!r}.")
             kwargs[f.name] = _parse_field(f.name, data[f.name])
@@ -132,6 +146,8 @@ def metric_columns() -> list[str]:
 _INT_FIELDS = {"n_samples", "seed", "pred_boundary_loops", "gt_boundary_loops"}
 _OPTIONAL_FIELDS = {"spacing_mm", "msd_vox", "rms_vox", "hd95_vox", "hausdorff_vox", "chamfer_vox",
                     "boundary_mean_vox"}
+# Fields added after the first release: records written before them read back with NaN.
+_LATER_FIELDS = {f"{kind}_{d:g}mm" for kind in ("precision", "completeness") for d in COVERAGE_RADII_MM}
 
 
 def _json_value(v):
@@ -344,6 +360,7 @@ def surface_metrics(
         completeness_p95_mm=float(np.percentile(d_gp, 95)),
         completeness_max_mm=comp_max,
         completeness_within_2mm=float((d_gp <= COMPLETENESS_RADIUS_MM).mean()),
+        **coverage_percentages(d_pg, d_gp),
         boundary_mean_mm=b_mean,
         boundary_max_mm=b_max,
         pred_boundary_loops=n_lp,
@@ -366,6 +383,18 @@ def surface_metrics(
     return out
 
 
+def coverage_percentages(d_pg: np.ndarray, d_gp: np.ndarray) -> dict[str, float]:
+    """``precision_<d>mm`` / ``completeness_<d>mm`` (percent) from area-weighted sample distances.
+
+    ``d_pg``: distances of samples on the prediction to the GT; ``d_gp``: GT samples to the prediction.
+    """
+    out = {}
+    for d in COVERAGE_RADII_MM:
+        out[f"precision_{d:g}mm"] = 100.0 * float((d_pg <= d).mean())
+        out[f"completeness_{d:g}mm"] = 100.0 * float((d_gp <= d).mean())
+    return out
+
+
 # (label, field, unit) rows of the human-readable table, in print order.
 SUMMARY_ROWS: list[tuple[str, str, str]] = [
     ("mean surface distance (symmetric)", "msd_mm", "mm"),
@@ -377,6 +406,8 @@ SUMMARY_ROWS: list[tuple[str, str, str]] = [
     ("accuracy pred->GT mean / P90", "accuracy_mean_mm", "mm"),
     ("completeness GT->pred mean", "completeness_mean_mm", "mm"),
     ("GT area within 2 mm of pred", "completeness_within_2mm", ""),
+    ("precision: pred area within 2 / 3 mm of GT", "precision_2mm", "%"),
+    ("completeness: GT area within 2 / 3 mm of pred", "completeness_2mm", "%"),
     ("ostium rim distance mean", "boundary_mean_mm", "mm"),
     ("ostium rim distance max", "boundary_max_mm", "mm"),
     ("false area fraction (> threshold from GT)", "false_area_fraction", ""),
@@ -395,6 +426,9 @@ def format_table(m: SurfaceMetrics) -> str:
             label = label.replace("threshold", f"{m.false_area_threshold_mm:g} mm")
         if name == "accuracy_mean_mm":
             text = f"{v:9.4f} / {m.accuracy_p90_mm:.4f} {unit}"
+        elif unit == "%":
+            other = getattr(m, name.replace("2mm", "3mm"))
+            text = f"{v:9.2f} / {other:.2f} %"
         elif unit == "":
             text = f"{v:9.4f}"
         else:
@@ -403,7 +437,8 @@ def format_table(m: SurfaceMetrics) -> str:
             text += f"  ({vox[name]:.3f} vox)"
         lines.append(f"{label:<42} {text}")
     lines.append(
-        f"{'areas pred / GT':<42} {m.pred_area_mm2:9.1f} / {m.gt_area_mm2:.1f} mm2;"
+        f"{'areas pred / GT':<42} {m.pred_area_mm2:9.1f} / {m.gt_area_mm2:.1f} mm2"
+        f" (ratio {m.pred_area_mm2 / m.gt_area_mm2:.3f});"
         f" boundary loops {m.pred_boundary_loops} / {m.gt_boundary_loops};"
         f" {m.n_samples} samples/mesh, seed {m.seed}"
     )

@@ -113,6 +113,37 @@ def test_plane_vs_shifted_plane():
     assert m.pred_boundary_loops == 1 and m.gt_boundary_loops == 1
 
 
+def test_precision_and_completeness_plane_vs_half_plane():
+    # GT: the 10 x 10 square z=0. Prediction: its half x <= 5. Every predicted point lies on the GT
+    # (precision 100 %); a GT point at x is max(x - 5, 0) from it, so GT within d mm = (5 + d) / 10.
+    gt = square(size=10.0, n=40)
+    half = make_polydata(polydata_points(square(size=10.0, n=40)) * [0.5, 1.0, 1.0], polydata_triangles(gt))
+    m = surface_metrics(half, gt, n_samples=40_000, seed=2)
+    assert m.precision_2mm == 100.0 and m.precision_3mm == 100.0
+    assert m.completeness_2mm == pytest.approx(70.0, abs=1.0)
+    assert m.completeness_3mm == pytest.approx(80.0, abs=1.0)
+    assert m.completeness_2mm == pytest.approx(100 * m.completeness_within_2mm)
+    # lifted by 2.5 mm: no predicted point within 2 mm, all within 3 mm; a GT point at x <= 5 + sqrt(3² - 2.5²)
+    # is within 3 mm
+    lifted = make_polydata(polydata_points(half) + [0.0, 0.0, 2.5], polydata_triangles(half))
+    m = surface_metrics(lifted, gt, n_samples=40_000, seed=2)
+    assert m.precision_2mm == 0.0 and m.precision_3mm == 100.0
+    assert m.completeness_2mm == 0.0
+    assert m.completeness_3mm == pytest.approx(10 * (5 + math.sqrt(9 - 6.25)), abs=1.0)
+    # swapping the roles swaps the figures
+    m = surface_metrics(gt, half, n_samples=40_000, seed=2)
+    assert m.completeness_3mm == 100.0 and m.precision_2mm == pytest.approx(70.0, abs=1.0)
+
+
+def test_records_without_the_coverage_fields_read_back_with_nan():
+    m = surface_metrics(square(z=0.5, n=8), square(n=8), n_samples=1000)
+    old = {k: v for k, v in m.to_dict().items() if not k.startswith(("precision_", "completeness_2", "completeness_3"))}
+    back = SurfaceMetrics.from_dict(old)
+    assert math.isnan(back.precision_3mm) and back.msd_mm == m.msd_mm
+    with pytest.raises(InputError, match="msd_mm"):
+        SurfaceMetrics.from_dict({k: v for k, v in old.items() if k != "msd_mm"})
+
+
 def test_translated_disk_boundary_distance():
     t = 0.8
     m = surface_metrics(disk(shift=(0, 0, t)), disk(), n_samples=N, seed=0)
@@ -212,6 +243,11 @@ def test_cli_evaluate_on_written_files(tmp_path, capsys):
     for name in ("msd_mm", "hd95_mm", "hausdorff_mm", "boundary_mean_mm", "normal_consistency"):
         assert getattr(got, name) == pytest.approx(getattr(ref, name), abs=1e-4), name  # float32 STL
     assert read_csv(tmp_path / "m.csv")[0].msd_mm == pytest.approx(got.msd_mm)
+    # precision / completeness (percent) reach the table, the JSON and the CSV: 0.6 mm apart, all within 2 mm
+    assert "precision: pred area within 2 / 3 mm of GT" in out and "100.00 / 100.00 %" in out
+    assert got.precision_2mm == 100.0 and got.completeness_3mm == 100.0
+    assert json.loads((tmp_path / "m.json").read_text())["completeness_2mm"] == 100.0
+    assert read_csv(tmp_path / "m.csv")[0].precision_3mm == 100.0
     # forcing the wrong frame on the RAS file mirrors x and y: the surfaces no longer match
     rc = main(["evaluate", str(tmp_path / "pred.stl"), str(tmp_path / "gt_ras.vtp"), "--frame-gt", "lps",
                "--samples", "2000", "--json", str(tmp_path / "wrong.json")])
