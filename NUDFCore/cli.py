@@ -173,7 +173,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description="Surface metrics between two meshes by dense area-weighted sampling and exact "
         "point-to-triangle distances: symmetric mean surface distance, RMS, HD95 (max of the two directed "
         "95th percentiles), Hausdorff, Chamfer-L1 (sum of the two directed means), normal consistency, "
-        "ostium rim (longest boundary loop) distance, and the predicted area farther than 3 mm from the GT.",
+        "ostium rim (longest boundary loop) distance, the predicted area farther than 3 mm from the GT, and "
+        "precision / completeness: the percentage of the predicted area within 2 and 3 mm of the GT, and of the "
+        "GT area within 2 and 3 mm of the prediction.",
         epilog=EPILOG,
     )
     p.add_argument("pred", type=Path, help="predicted mesh (STL, VTP, OBJ, PLY, VTK)")
