@@ -1,0 +1,279 @@
+"""Synthetic contrast-enhanced cardiac CT (CTA) phantoms with an exact, open LAA ground truth.
+
+Why a phantom: a NUDF model must learn where the left atrial appendage (LAA) wall is from CT intensities,
+and the only way to get unlimited cases whose surface is known *exactly* (sub-voxel) is to draw the
+anatomy from analytic shapes. A model trained on phantoms alone has to carry over to real CT, so the
+surroundings the LAA touches in real scans are drawn too.
+
+How a case is made
+------------------
+* **Anatomy** lives in a *heart frame* (mm; x to the patient's left, y posterior, z superior, origin near
+  the mitral valve). Every structure is a signed distance field (SDF) built from primitives (ellipsoids,
+  swept round cones, elliptic cylinders) combined by smooth unions/subtractions. Each primitive is only
+  evaluated inside its own bounding box, which keeps a 512x512x250 case fast.
+* **Structures**: left atrium body (ellipsoid) with four pulmonary vein stubs, the LAA (see below), left
+  ventricle cavity and myocardium, right ventricle and atrium, superior/inferior vena cava, aortic root,
+  ascending aorta, arch and descending aorta, pulmonary trunk and both pulmonary arteries, left main,
+  left circumflex (in the groove below the LAA ostium), LAD and right coronary arteries, epicardial fat
+  and pericardium around all of it, lungs, chest wall (fat, muscle), ribs, sternum, vertebrae with discs
+  and spinal canal, posterior mediastinum and the liver dome.
+* **LAA** families (Di Biase 2012 prevalences: chicken wing 48 %, cactus 30 %, windsock 19 %,
+  cauliflower 3 %) are drawn **uniformly** by default (:data:`MORPHOLOGY_SAMPLING`): a model has to see the
+  rare shapes often enough to learn them, and all four appear within a few seeds. Each LAA is a chain of
+  overlapping ellipsoids along a bent centreline (oval cross-section at the ostium, long axis 15-30 mm,
+  length 20-45 mm), secondary lobes/lobules, outer lobulations and pectinate-muscle-like ridges
+  subtracted from the lumen. The LAA is smooth-unioned with the LA body, so it opens into the LA lumen
+  and the wall (the lumen field offset by 1.5-3 mm) continues around the neck.
+* **Ostium plane**: tangent to the LA ellipsoid at the attachment point, pushed 1.5-3 mm outwards. The LA
+  ellipsoid is convex, so it lies entirely on the LA side; the LAA is kept on the appendage side.
+* **Ground truth**: marching cubes of the *analytic* LA+LAA field (0.4 mm grid, only around the LAA),
+  vertices projected onto the exact zero level by Newton steps (|field| < 0.01 mm), cut exactly at the
+  ostium plane and kept on the appendage side: an open mesh with one boundary loop, triangles wound with
+  normals pointing out of the lumen. It never comes from the CT voxels.
+* **CT render**: layers painted back to front (air, body, lung, bones, fat, walls, blood, filling defect),
+  each blended with a smooth step of its SDF whose width matches the PSF (0.5-0.8 mm) plus in-plane voxel
+  averaging, so a structure's edge (50 % level) sits exactly at SDF = 0. Thick slices get an extra blur
+  along the slice axis. Background layers (body, lungs, bones) are drawn on a ~1.5 mm grid and upsampled.
+  Correlated noise (Gaussian-filtered white noise, sigma 15-40 HU) is added; voxels are int16 HU.
+* **Geometry**: in-plane spacing 0.3-0.8 mm, slices 0.5-2.5 mm (65 % cardiac CTA 0.5-1.0 mm, 35 % routine
+  chest 1-2.5 mm), a random patient pose, a random direction matrix (60 % tilted up to 20 degrees, 25 %
+  with axis flips) and a random origin. ``size="full"``: 512x512 in-plane (FOV = 512 x spacing) and
+  ~80-280 slices; ``size="compact"``: a 110-130 mm field of view around the LA/LAA (fast datasets).
+* Every random choice comes from ``np.random.default_rng(seed)``: the same seed gives the same case.
+
+Frames: the CT is stored with its LPS geometry; the mesh and all ``*_lps`` metadata are LPS mm,
+``seed_ras`` is :func:`NUDFCore.frames.lps_to_ras` of ``seed_lps``.
+
+Where things live
+-----------------
+``sdf`` (primitives, fields, grids), ``anatomy`` (the patient: LAA families, LA, neighbours, HU per
+tissue), ``render`` (the intensity model: layers, PSF, slices, noise, artefacts), ``truth`` (the exact
+open ground truth and neighbour clearing), and this module (case geometry, :func:`generate_case`, files).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import vtk
+
+from .. import __version__
+from ..errors import InputError, NUDFError, OutputExistsError
+from ..frames import lps_to_ras
+from ..io import Volume, make_polydata, write_mesh, write_volume
+from .anatomy import MORPHOLOGIES, _Anatomy, _Reject, _sample_anatomy
+from .render import _render_ct
+from .sdf import _random_rotation
+from .truth import _GroundTruth, _clear_laa_neighbours, _marching_cubes_gt, polydata_boundary_ids
+
+#: Clinical prevalence of the families (Di Biase et al., JACC 2012), for reference and for callers who
+#: want clinically weighted datasets (``generate_case(..., morphology_weights=CLINICAL_PREVALENCE)``).
+CLINICAL_PREVALENCE: dict[str, float] = {"chicken_wing": 0.48, "cactus": 0.30, "windsock": 0.19, "cauliflower": 0.03}
+#: Default sampling of the families: uniform, so rare shapes are learned too.
+MORPHOLOGY_SAMPLING: dict[str, float] = {m: 0.25 for m in MORPHOLOGIES}
+SIZES: tuple[str, ...] = ("full", "compact")
+CASE_FILES: tuple[str, ...] = ("ct.nii.gz", "laa.vtp", "laa.stl", "meta.json")
+
+
+@dataclass
+class PhantomCase:
+    """One synthetic CT: int16 HU volume (LPS geometry), the open GT LAA mesh (LPS mm) and JSON metadata."""
+
+    volume: Volume
+    mesh_lps: vtk.vtkPolyData
+    meta: dict
+
+
+def _sample_grid(rng: np.random.Generator, an: _Anatomy, gt: _GroundTruth, size: str):
+    """Voxel spacing, patient pose, direction, origin and extent of the CT."""
+    sx = float(rng.uniform(0.3, 0.8))
+    sz = float(rng.uniform(0.5, 1.0)) if rng.random() < 0.65 else float(rng.uniform(1.0, 2.5))
+    spacing = np.array([sx, sx, sz])
+    r_pat = _random_rotation(rng, 10.0)
+    t_pat = np.array([rng.uniform(-30, 30), rng.uniform(-40, 40), rng.uniform(-250, 150)])
+    d = _random_rotation(rng, 20.0) if rng.random() < 0.6 else np.eye(3)
+    if rng.random() < 0.25:
+        flips = np.ones(3)
+        while np.all(flips > 0):
+            flips = np.where(rng.random(3) < 0.5, -1.0, 1.0)
+        d = d @ np.diag(flips)
+    if size == "full":
+        n_ij = 512
+        n_k = int(np.clip(round(rng.uniform(130, 200) / sz), 80, 280))
+        fov = n_ij * sx
+        lam = float(np.clip((fov - 200.0) / 200.0 + rng.normal(0, 0.1), 0, 1))
+        centre = an.heart_center + lam * (an.body_center - an.heart_center)
+        centre = centre + np.array([rng.normal(0, 6), rng.normal(0, 6), rng.uniform(-15, 15)])
+        centre[2] = an.heart_center[2] + rng.uniform(-15, 15)
+        size_ijk = np.array([n_ij, n_ij, n_k])
+    else:
+        fov = rng.uniform(110, 130, 3)
+        centre = 0.5 * (an.la_center + gt.center) + rng.uniform(-8, 8, 3)
+        size_ijk = np.maximum(np.round(fov / spacing).astype(int), 8)
+    # keep the whole LAA (plus 8 mm) inside the field of view along each grid axis
+    axes_h = r_pat.T @ d  # grid axes in the heart frame (columns)
+    half = 0.5 * (size_ijk - 1) * spacing
+    for _ in range(3):
+        rel = (gt.points - centre) @ axes_h
+        over = np.maximum(rel.max(axis=0) + 8 - half, 0) - np.maximum(-rel.min(axis=0) + 8 - half, 0)
+        centre = centre + axes_h @ over
+    centre_lps = r_pat @ centre + t_pat
+    origin = centre_lps - d @ (spacing * (size_ijk - 1) / 2.0)
+    return spacing, d, origin, size_ijk, r_pat, t_pat
+
+
+def generate_case(seed: int, *, size: str = "full", morphology: str | None = None,
+                  morphology_weights: dict[str, float] | None = None, case_id: str | None = None,
+                  progress: bool = False) -> PhantomCase:
+    """Generate one synthetic cardiac CTA with its exact open LAA ground truth.
+
+    ``size`` is "full" (512x512 in-plane, realistic FOV) or "compact" (110-130 mm around the LA/LAA);
+    ``morphology`` forces an LAA family, else it is drawn with ``morphology_weights`` (default uniform,
+    :data:`MORPHOLOGY_SAMPLING`). The same ``seed`` always gives the same case.
+    """
+    if size not in SIZES:
+        raise InputError(f"Unknown phantom size {size!r}: use 'full' or 'compact'.")
+    if morphology is not None and morphology not in MORPHOLOGIES:
+        raise InputError(f"Unknown LAA morphology {morphology!r}: use one of {', '.join(MORPHOLOGIES)}.")
+    weights = dict(morphology_weights or MORPHOLOGY_SAMPLING)
+    if set(weights) - set(MORPHOLOGIES) or any(v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
+        raise InputError(f"morphology_weights must map {', '.join(MORPHOLOGIES)} to non-negative weights.")
+    rng = np.random.default_rng(int(seed))
+    morph = _draw_morphology(rng, morphology, weights)
+    an, gt, reasons = _draw_anatomy(rng, morph, seed)
+    spacing, d, origin, size_ijk, r_pat, t_pat = _sample_grid(rng, an, gt, size)
+    psf = float(rng.uniform(0.5, 0.8))
+    noise_sigma = float(rng.uniform(15, 40))
+    vol = _render_ct(rng, an, spacing, d, origin, size_ijk, r_pat, t_pat, psf, noise_sigma, progress)
+
+    to_lps = lambda p: np.asarray(p, float) @ r_pat.T + t_pat
+    mesh = make_polydata(to_lps(gt.points), gt.triangles)
+    seed_lps = to_lps(gt.seed)
+    hu = {k: round(v, 2) for k, v in an.hu.items()}
+    hu.update(noise_sigma=round(noise_sigma, 2), psf_mm=round(psf, 3))
+    meta = {
+        "case_id": case_id or f"phantom_{int(seed):06d}",
+        "seed": int(seed),
+        "size": size,
+        "morphology": morph,
+        "seed_lps": seed_lps.tolist(),
+        "seed_ras": lps_to_ras(seed_lps).tolist(),
+        "laa_center_lps": to_lps(gt.center).tolist(),
+        "ostium_center_lps": to_lps(gt.points[polydata_boundary_ids(gt.triangles)].mean(axis=0)).tolist(),
+        "ostium_normal_lps": (r_pat @ an.laa.ostium_normal).tolist(),
+        "spacing": spacing.tolist(),
+        "size_ijk": [int(x) for x in size_ijk],
+        "origin_lps": origin.tolist(),
+        "direction_lps": d.tolist(),
+        "hu": hu,
+        "filling_defect": an.laa.defect is not None,
+        "filling_defect_lps": None if an.laa.defect is None else
+        {"center": to_lps(an.laa.defect[0]).tolist(), "radius_mm": round(float(an.laa.defect[1]), 3)},
+        "laa": {
+            "ostium_long_axis_mm": round(gt.long_mm, 3),
+            "ostium_short_axis_mm": round(gt.short_mm, 3),
+            "depth_mm": round(gt.depth_mm, 3),
+            "length_mm": round(gt.length_mm, 3),
+            "lobes": int(an.laa.lobes),
+            "volume_ml": round(gt.volume_ml, 4),
+            "triangles": int(len(gt.triangles)),
+            "max_field_error_mm": gt.max_field_error_mm,
+            "draws": len(reasons) + 1,
+        },
+        "mesh_frame": "LPS",
+        "nudfcore_version": __version__,
+    }
+    if os.environ.get("NUDF_PHANTOM_DEBUG"):
+        print(f"phantom seed {seed}: rejected draws: {reasons}")
+    return PhantomCase(volume=vol, mesh_lps=mesh, meta=meta)
+
+
+def _draw_morphology(rng: np.random.Generator, morphology: str | None, weights: dict[str, float]) -> str:
+    probs = np.array([weights.get(m, 0.0) for m in MORPHOLOGIES], float)
+    drawn = MORPHOLOGIES[int(rng.choice(len(MORPHOLOGIES), p=probs / probs.sum()))]
+    return morphology or drawn
+
+
+def draw_morphology(seed: int, weights: dict[str, float] | None = None) -> str:
+    """The LAA family :func:`generate_case` draws for ``seed`` (cheap: nothing else is generated)."""
+    return _draw_morphology(np.random.default_rng(int(seed)), None, dict(weights or MORPHOLOGY_SAMPLING))
+
+
+def _draw_anatomy(rng: np.random.Generator, morph: str, seed: int = -1) -> tuple[_Anatomy, _GroundTruth, list[str]]:
+    """Draw anatomies until one gives a clean ground truth (rejection sampling; all from ``rng``)."""
+    reasons: list[str] = []
+    for _attempt in range(40):
+        try:
+            an = _sample_anatomy(rng, morph)
+            gt = _marching_cubes_gt(an)
+        except _Reject as exc:
+            reasons.append(str(exc))
+            continue
+        touching = _clear_laa_neighbours(an, gt.points)
+        if touching is None:
+            return an, gt, reasons
+        reasons.append(f"the {touching} touches the LAA")
+    raise NUDFError(f"phantom seed {seed}: no valid LAA after 40 draws ({'; '.join(reasons[-3:])}).")
+
+
+
+
+
+
+# ================================================================================================= files
+def write_case(case: PhantomCase, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``ct.nii.gz``, ``laa.vtp``, ``laa.stl`` (LPS) and ``meta.json`` into ``folder``."""
+    out = Path(folder)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"The case folder {out} already exists and is not empty; use --force/overwrite.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_volume(case.volume, out / "ct.nii.gz", overwrite=True)
+    write_mesh(case.mesh_lps, out / "laa.vtp", overwrite=True)
+    write_mesh(case.mesh_lps, out / "laa.stl", overwrite=True)
+    tmp = out / ".meta.json.tmp"
+    tmp.write_text(json.dumps(case.meta, indent=2))
+    os.replace(tmp, out / "meta.json")
+    return out
+
+
+def case_folder_name(index: int) -> str:
+    return f"case_{index:04d}"
+
+
+def generate_dataset(out: str | os.PathLike, count: int, seed: int, *, size: str = "full", overwrite: bool = False,
+                     progress: bool = True, on_case: Callable[[Path], None] | None = None) -> list[Path]:
+    """Write ``count`` cases to ``out/case_0000`` ... (case i uses seed + i); returns the case folders.
+
+    Refuses (before generating anything) when a case folder already exists, unless ``overwrite``.
+    """
+    if int(count) < 1:
+        raise InputError(f"The number of cases must be at least 1 (got {count}).")
+    if size not in SIZES:
+        raise InputError(f"Unknown phantom size {size!r}: use 'full' or 'compact'.")
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} exists and is not a folder.")
+    folders = [root / case_folder_name(i) for i in range(int(count))]
+    existing = [f for f in folders if f.exists() and any(f.iterdir())]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{len(existing)} case folder(s) already exist in {root} (first: {existing[0].name}); "
+            "use --force to overwrite them.")
+    root.mkdir(parents=True, exist_ok=True)
+    it = range(int(count))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="phantoms", unit="case")
+    written = []
+    for i in it:
+        case = generate_case(int(seed) + i, size=size, case_id=folders[i].name)
+        write_case(case, folders[i], overwrite=True)
+        written.append(folders[i])
+        if on_case is not None:
+            on_case(folders[i])
+    return written

@@ -1,0 +1,198 @@
+"""Exact open ground truth of the LAA cavity surface, cut at the ostium, and neighbour clearing."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io import make_polydata, polydata_points, polydata_triangles
+from .anatomy import _Anatomy, _Reject, _laa_clear_of_plane
+from .sdf import Field, _BIG, _MC_SPACING_MM, _Grid, _eval_field_grid, _translate, _unit
+
+_GAP_MM = 2.2  # minimum distance between the LAA lumen and any other blood pool
+
+
+@dataclass
+class _GroundTruth:
+    points: np.ndarray      # heart frame
+    triangles: np.ndarray
+    seed: np.ndarray        # heart frame
+    center: np.ndarray
+    volume_ml: float
+    long_mm: float
+    short_mm: float
+    depth_mm: float
+    length_mm: float
+    max_field_error_mm: float
+
+
+
+
+def _marching_cubes_gt(an: _Anatomy) -> _GroundTruth:
+    from skimage.measure import marching_cubes
+
+    from ..meshtools import boundary_loops, clip_by_plane, connected_components
+
+    laa = an.laa
+    fld = an.fields["la"]
+    o, nrm = laa.ostium_point, laa.ostium_normal
+    if not _laa_clear_of_plane(laa):
+        raise _Reject("LAA folds back to the ostium plane")
+    lo = np.min([p.lo for p in laa.prims], axis=0) - 3.0
+    hi = np.max([p.hi for p in laa.prims], axis=0) + 3.0
+    h = _MC_SPACING_MM
+    shape_ijk = np.ceil((hi - lo) / h).astype(int) + 1
+    grid = _Grid((int(shape_ijk[2]), int(shape_ijk[1]), int(shape_ijk[0])), np.eye(3) * h, lo)
+    vals = _eval_field_grid(fld, grid, (0, grid.shape[0], 0, grid.shape[1], 0, grid.shape[2]), 3.0)
+    # the appendage side of the plane only; the LA side is closed off (then cut exactly below)
+    vals = np.pad(vals, 1, constant_values=_BIG)
+    verts, faces, _, _ = marching_cubes(vals, level=0.0, spacing=(h, h, h), allow_degenerate=False)
+    pts = verts[:, ::-1] + (lo - h)  # (k, j, i) -> (x, y, z)
+    pts = _project_to_zero(fld, pts)
+    # orient: normals out of the lumen = along the field gradient
+    a, b, c = pts[faces[:, 0]], pts[faces[:, 1]], pts[faces[:, 2]]
+    fn = np.cross(b - a, c - a)
+    cen = (a + b + c) / 3
+    _, g = _value_and_gradient(fld, cen)
+    if np.sum(np.einsum("ij,ij->i", fn, g) > 0) < 0.5 * len(faces):
+        faces = faces[:, ::-1]
+    out = clip_by_plane(make_polydata(pts, faces), o, nrm)
+    cpts, ctris = polydata_points(out), polydata_triangles(out)
+    # drop slivers left by the cut
+    a, b, c = cpts[ctris[:, 0]], cpts[ctris[:, 1]], cpts[ctris[:, 2]]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    ctris = ctris[area > 1e-10]
+    used, inv = np.unique(ctris.ravel(), return_inverse=True)
+    cpts, ctris = cpts[used], inv.reshape(-1, 3)
+    mesh = make_polydata(cpts, ctris)
+    labels = connected_components(mesh)
+    if len(labels) and labels.max() > 0:  # drop specks (< 2 mm²) where the field barely dips below zero
+        a, b, c = cpts[ctris[:, 0]], cpts[ctris[:, 1]], cpts[ctris[:, 2]]
+        area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+        keep = np.isin(labels, np.flatnonzero(np.bincount(labels, weights=area) >= 2.0))
+        ctris = ctris[keep]
+        used, inv = np.unique(ctris.ravel(), return_inverse=True)
+        cpts, ctris = cpts[used], inv.reshape(-1, 3)
+        mesh = make_polydata(cpts, ctris)
+        labels = connected_components(mesh)
+    if len(labels) == 0 or labels.max() > 0:
+        raise _Reject(f"ground truth has {labels.max() + 1 if len(labels) else 0} components")
+    loops = boundary_loops(mesh)
+    if len(loops) != 1:
+        raise _Reject(f"ground truth has {len(loops)} boundary loops")
+    loop = cpts[loops[0]]
+    if np.abs((loop - o) @ nrm).max() > 1e-3:
+        raise _Reject("boundary loop is not on the ostium plane")
+    # ostium axes from the loop (principal directions within the plane)
+    lc = loop.mean(axis=0)
+    _, _, vt = np.linalg.svd(loop - lc)
+    ext = [float(np.ptp((loop - lc) @ vt[i])) for i in range(2)]
+    long_mm, short_mm = max(ext), min(ext)
+    if long_mm > 1.6 * laa.target_long_mm + 4:
+        raise _Reject("ostium much wider than drawn (the cut caught the LA body)")
+    # volume: closed by fanning the ostium loop from its centroid (normals out of the lumen -> positive)
+    a, b, c = cpts[ctris[:, 0]], cpts[ctris[:, 1]], cpts[ctris[:, 2]]
+    vol6 = np.einsum("ij,ij->i", a, np.cross(b, c)).sum()
+    lp = cpts[loops[0]]
+    cap = np.einsum("ij,ij->i", np.broadcast_to(lc, lp.shape), np.cross(np.roll(lp, -1, 0), lp))
+    # the loop orientation is unknown: pick the cap sign that gives a consistent closed surface
+    v1, v2 = (vol6 + cap.sum()) / 6.0, (vol6 - cap.sum()) / 6.0
+    volume_mm3 = v1 if abs(v1) > abs(v2) else v2
+    if volume_mm3 < 0:
+        raise _Reject("inverted ground truth orientation")
+    err = float(np.abs(fld.eval_points(cpts)).max())
+    # seed: the centreline point deepest inside (far from the wall and from the ostium plane)
+    from ..meshtools import point_to_mesh_distance
+
+    cand = laa.lobe_points
+    hgt = (cand - o) @ nrm
+    cand = cand[hgt > 2.0]
+    if laa.defect is not None:
+        cand = cand[np.linalg.norm(cand - laa.defect[0], axis=1) > laa.defect[1] + 4.0]
+    cand = cand[fld.eval_points(cand) < -1.0] if len(cand) else cand
+    if len(cand) == 0:
+        raise _Reject("no lumen point for the seed")
+    dist, _ = point_to_mesh_distance(mesh, cand)
+    score = np.minimum(dist, (cand - o) @ nrm)
+    best = int(np.argmax(score))
+    if score[best] < 2.0:
+        raise _Reject("LAA lumen too thin for a seed 2 mm from the wall")
+    seed = cand[best]
+    depth = float(((cpts - o) @ nrm).max())
+    length = float(np.linalg.norm(cpts - lc, axis=1).max())
+    # lumen centroid from the grid (appendage side)
+    inside = np.argwhere(vals[1:-1, 1:-1, 1:-1] < 0)[:, ::-1] * h + lo
+    inside = inside[(inside - o) @ nrm > 0]
+    center = inside.mean(axis=0)
+    return _GroundTruth(cpts, ctris, seed, center, volume_mm3 / 1000.0, long_mm, short_mm, depth, length, err)
+
+
+def _value_and_gradient(fld: Field, pts: np.ndarray, eps: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Field values and forward-difference gradients at points, in one field evaluation."""
+    n = len(pts)
+    stacked = np.concatenate([pts, pts + [eps, 0, 0], pts + [0, eps, 0], pts + [0, 0, eps]])
+    v = fld.eval_points(stacked).astype(np.float64)
+    f = v[:n]
+    g = np.stack([(v[n * (a + 1):n * (a + 2)] - f) / eps for a in range(3)], axis=1)
+    return f, g
+
+
+def _project_to_zero(fld: Field, pts: np.ndarray, iters: int = 3) -> np.ndarray:
+    """Newton steps p -= f grad f / |grad f|^2 onto the exact zero level (clamped to 0.3 mm per step)."""
+    p = pts.astype(np.float64).copy()
+    for _ in range(iters):
+        f, g = _value_and_gradient(fld, p)
+        gn2 = np.maximum((g * g).sum(axis=1), 1e-6)
+        step = (f / gn2)[:, None] * g
+        sn = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, 0.3 / np.maximum(sn, 1e-12))
+        p -= step
+    return p
+
+
+_MOVABLE = {"pv": ("pv",), "lv": ("lv", "lv_myo"), "rv": ("rv",), "ra": ("ra",), "svc": ("svc",),
+            "ivc": ("ivc",), "aorta": ("aorta",), "pa": ("pa",), "coronary": ("coronary",)}
+
+
+def _clear_laa_neighbours(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float = 8.0) -> str | None:
+    """Keep other blood pools a wall's width from the LAA lumen, so the CT edge is the LAA's own.
+
+    A structure that comes closer than :data:`_GAP_MM` is moved away (up to ``max_shift_mm``), as the
+    LAA would push a neighbour aside; returns the name of one that could not be cleared, else None.
+    """
+    sub = gt_pts[:: max(1, len(gt_pts) // 4000)]
+    for name in an.blood_fields:
+        fld = an.fields[name]
+        moved = 0.0
+        for _ in range(5):
+            v = fld.eval_points(sub)
+            worst = int(np.argmin(v))
+            if float(v[worst]) >= _GAP_MM:
+                break
+            _, g = _value_and_gradient(fld, sub[worst:worst + 1])
+            shift = (_GAP_MM - float(v[worst]) + 0.4)
+            moved += shift
+            if moved > max_shift_mm:
+                return name
+            direction = -_unit(g[0])
+            seen: set[int] = set()
+            for fname in _MOVABLE[name]:
+                for _, prim, _ in an.fields[fname].ops:
+                    if id(prim) not in seen:
+                        seen.add(id(prim))
+                        _translate(prim, shift * direction)
+        else:
+            return name
+    return None
+
+
+# ================================================================================================ cases
+
+
+def polydata_boundary_ids(triangles: np.ndarray) -> np.ndarray:
+    """Ids of the vertices on boundary edges (edges used by one triangle)."""
+    e = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    e.sort(axis=1)
+    uniq, cnt = np.unique(e, axis=0, return_counts=True)
+    return np.unique(uniq[cnt == 1].ravel())
+
