@@ -27,13 +27,9 @@ from . import meshtools
 
 ProgressFn = Callable[[str, float], None]
 
-#: Where the bundled model lives, relative to the NUDFCore package (source tree, then installed extension).
+#: The bundled model is package data (``NUDFCore/models/``): the same lookup works in the source tree, a
+#: wheel install and the Slicer extension (which installs NUDFCore with its models folder).
 _MODEL_FILE = "nudf_laa.pt"
-_MODEL_SEARCH = (
-    Path("..") / "NUDFSegmentation" / "Resources" / "Models" / _MODEL_FILE,  # source checkout
-    Path("..") / "Resources" / "Models" / _MODEL_FILE,  # installed Slicer extension (NUDFCore beside the module)
-    Path("Resources") / "Models" / _MODEL_FILE,
-)
 
 
 def default_model_path() -> Path:
@@ -48,15 +44,14 @@ def default_model_path() -> Path:
         if not p.is_file():
             raise CheckpointError(f"NUDF_MODEL points to {p}, which is not a file.")
         return p
-    here = Path(__file__).resolve().parent
-    candidates = [(here / rel).resolve() for rel in _MODEL_SEARCH]
-    for c in candidates:
-        if c.is_file():
-            return c
+    from importlib.resources import files
+
+    bundled = files(__package__).joinpath("models", _MODEL_FILE)
+    if isinstance(bundled, os.PathLike) and bundled.is_file():  # a zipped install has no file path for torch
+        return Path(bundled)
     raise CheckpointError(
-        "No model given and no bundled model found (looked for "
-        + ", ".join(str(c) for c in candidates)
-        + "). Pass --model / model=..., or set NUDF_MODEL."
+        f"No model given and no bundled model found (looked for {bundled}). "
+        "Pass --model / model=..., or set NUDF_MODEL."
     )
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the bundled model (NUDFSegmentation/Resources/Models/nudf_laa.pt): one command, fixed seeds.
+# Reproduces the bundled model (NUDFCore/models/nudf_laa.pt): one command, fixed seeds.
 #   bash benchmarks/train_bundled_model.sh [RUN_DIR]        (default RUN_DIR: runs/)
 # 1. 40 compact phantoms, seeds 1000..1039; 2. the last two cases of each morphology are held out for testing
 # (runs/phantoms_test); 3. training on the other 32 (12.5 % of them for validation), small preset, CPU or CUDA.

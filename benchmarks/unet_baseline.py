@@ -5,7 +5,7 @@ held-out cases with the same metrics and table as ``benchmarks/accuracy.py``, an
 both methods (each figure in a fresh subprocess, so peaks are honest). Example::
 
     python benchmarks/unet_baseline.py --data runs/phantoms --test runs/phantoms_test --out runs/unet \
-        --nudf-model NUDFSegmentation/Resources/Models/nudf_laa.pt
+        --nudf-model NUDFCore/models/nudf_laa.pt
     python benchmarks/unet_baseline.py --quick          # plumbing check: 4 tiny phantoms, 32³, a few steps
 
 Labels (on the crop grid): a voxel is LAA lumen when it lies on the lumen side of the open GT mesh (signed
