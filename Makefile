@@ -22,19 +22,24 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" -e ".[test]"
+# dev = phantoms, training, reports (the demo and the tests need them; `nudf segment` does not)
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" -e ".[dev]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" -e ".[dev,test]"
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-dev
 	$(BIN)/nudf demo --out $(DEMO_OUT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest Testing -q
 
-model: $(VENV)/.installed
+model: $(VENV)/.installed-dev
 	bash benchmarks/train_bundled_model.sh runs
 
 clean:
