@@ -149,6 +149,9 @@ def _run_segment(args: argparse.Namespace) -> int:
                              exact_gradients=args.exact_gradients,
                              crop_center_lps=None if crop_center is None else to_lps(crop_center, crop_frame))
     options.check()
+    from .provenance import check_sidecar, segmentation_provenance, write_provenance
+
+    sidecar = check_sidecar(out, overwrite=args.force)  # laa.stl -> laa.json, refused before the work like the mesh
     try:
         ct = read_volume(args.ct, series_uid=args.series_uid)
         result = segment(ct, seed_lps=args.seed_lps, seed_ras=args.seed_ras, model=args.model, options=options)
@@ -156,8 +159,14 @@ def _run_segment(args: argparse.Namespace) -> int:
         if text_progress is not None:
             text_progress.close()
     write_mesh(result.mesh_lps, out, frame=args.frame, overwrite=args.force)
+    try:
+        record = segmentation_provenance(seed_lps=result.seed_lps, options=options, model=args.model, input_file=args.ct)
+        write_provenance(record, sidecar, overwrite=args.force)
+    except BaseException:
+        out.unlink(missing_ok=True)  # no mesh without its provenance
+        raise
     if args.progress_format == "json":
-        summary = {"out": str(out), "frame": args.frame, "timings": result.timings,
+        summary = {"out": str(out), "provenance": str(sidecar), "frame": args.frame, "timings": result.timings,
                    "peak_memory_mb": result.peak_memory_mb, "quality": result.quality}
         print(json.dumps({"done": True, "summary": summary}), flush=True)
     else:
