@@ -29,6 +29,14 @@ class OutputExistsError(NUDFError, FileExistsError):
     """Refusing to overwrite an existing output file without an explicit force flag."""
 
 
+class OutputWriteError(NUDFError, OSError):
+    """An output cannot be written: its folder is missing or read-only, the disk is full, a write failed.
+
+    Raised before the work when the pre-flight check finds the problem, or when the write itself fails (in
+    which case nothing of the output is left behind).
+    """
+
+
 class CheckpointError(NUDFError, IOError):
     """A model checkpoint is missing, corrupt, truncated or incompatible with this engine."""
 

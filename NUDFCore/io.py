@@ -6,8 +6,13 @@ LPS by default (as Slicer does) and tagged ``SPACE=LPS``/``SPACE=RAS`` so reader
 """
 from __future__ import annotations
 
+import errno
+import gzip
 import os
+import shutil
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +23,8 @@ import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 
-from .errors import ImageGeometryError, ImageReadError, InputError, MeshIOError, OutputExistsError
+from .errors import (ImageGeometryError, ImageReadError, InputError, MeshIOError, NUDFError, OutputExistsError,
+                     OutputWriteError)
 from .frames import LPS_RAS_FLIP, check_frame, from_lps, to_lps
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -48,8 +54,10 @@ class Volume:
         self.direction_lps = np.asarray(self.direction_lps, dtype=np.float64).reshape(3, 3)
         if np.any(self.spacing <= 0) or not np.all(np.isfinite(self.spacing)):
             raise ImageGeometryError(f"Voxel spacing must be positive and finite; got {self.spacing}.")
-        if abs(abs(np.linalg.det(self.direction_lps)) - 1.0) > 1e-3:
-            raise ImageGeometryError("The direction matrix must be orthonormal.")
+        if not _is_orthonormal(self.direction_lps):
+            raise ImageGeometryError(
+                "The direction matrix must be orthonormal (sheared or scaled voxel axes, e.g. a gantry-tilted "
+                "scan): resample the image onto an orthogonal grid first.")
 
     # -- geometry --------------------------------------------------------------------------------
     @property
@@ -129,6 +137,12 @@ class Volume:
         return cls(array_kji, spacing, LPS_RAS_FLIP @ m[:3, 3], lin / spacing)
 
 
+def _is_orthonormal(direction: np.ndarray) -> bool:
+    """True when the axes are unit length and mutually perpendicular (a rotation, possibly mirrored)."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    return bool(np.allclose(d.T @ d, np.eye(3), atol=1e-3))
+
+
 def _check_scalar_3d(image: sitk.Image, name: str) -> None:
     dim = image.GetDimension()
     if dim == 2:
@@ -146,6 +160,10 @@ def _check_scalar_3d(image: sitk.Image, name: str) -> None:
         )
     if min(image.GetSize()) < 2:
         raise ImageGeometryError(f"{name} is a single slice (size {image.GetSize()}); a 3D volume is needed.")
+    if not _is_orthonormal(np.array(image.GetDirection())):
+        raise ImageGeometryError(
+            f"{name} has sheared voxel axes (a non-orthonormal direction matrix, e.g. a gantry-tilted scan); "
+            "resample it onto an orthogonal grid first (e.g. Slicer's Resample Scalar Volume).")
 
 
 def _has_ext(path: Path, exts: Sequence[str]) -> str | None:
@@ -169,13 +187,180 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     if p.is_dir():
         image = _read_dicom_series(p, series_uid)
     else:
+        verify_volume_file(p)  # SimpleITK zero-fills a truncated NIfTI without a word
         try:
             image = sitk.ReadImage(str(p))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+            if p.name.lower().endswith(".gz"):  # ITK blames the reader; the cause is usually the gzip stream
+                decoded, failure = _gunzip_report(p)
+                if failure is not None:
+                    first = f"{failure} after {decoded:,} decoded bytes"
             raise ImageReadError(f"Cannot read {p} as an image ({first[:200]}).") from exc
     _check_scalar_3d(image, str(p))
     return Volume.from_sitk(image)
+
+
+# ------------------------------------------------------------------------------------ file integrity
+#: Bytes per voxel of the MetaImage element types (MetaIO's own table).
+_MET_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                   "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def verify_volume_file(path: str | os.PathLike) -> None:
+    """Check what SimpleITK does not: that a NIfTI/MetaImage file holds all the voxels its header announces
+    and declares no negative voxel spacing.
+
+    SimpleITK fills a truncated NIfTI (plain or gzip) with zeros silently, and reads a negative spacing as a
+    mirrored axis where other readers drop the sign. Raises :class:`ImageReadError` (truncated or corrupt,
+    naming the file and how much is there) or :class:`ImageGeometryError` (negative spacing). A complete
+    ``.nii.gz`` costs O(1): the gzip trailer's length is compared with the header's; the whole stream is
+    decoded only when they differ. Other formats (NRRD, DICOM) are left to their readers, which already
+    refuse truncated data.
+    """
+    p = Path(path)
+    ext = _has_ext(p, VOLUME_EXTENSIONS)
+    if ext in (".nii", ".nii.gz"):
+        _verify_nifti(p, compressed=ext == ".nii.gz")
+    elif ext in (".mha", ".mhd"):
+        _verify_metaimage(p)
+
+
+def _gunzip_report(p: Path) -> tuple[int, str | None]:
+    """Decode a whole gzip file (every member, CRCs checked by zlib): (decoded bytes, None), or (bytes
+    decoded before it failed, why)."""
+    total, fed = 0, False
+    inflate = zlib.decompressobj(wbits=31)
+    try:
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 16):  # small reads: a failure is located to within 64 KB
+                while chunk:
+                    total += len(inflate.decompress(chunk))
+                    fed, chunk = True, b""
+                    if inflate.eof:  # a member ended: what follows may be another member
+                        chunk, inflate, fed = inflate.unused_data, zlib.decompressobj(wbits=31), False
+    except zlib.error as exc:
+        return total, f"the gzip stream is corrupt ({exc})"
+    if fed or total == 0:
+        return total, "the gzip stream ends early"
+    return total, None
+
+
+def _nifti_layout(head: bytes) -> tuple[int, tuple[float, ...]] | None:
+    """(byte offset where the voxel data ends, spacing of the first three axes) from a NIfTI-1/2 header.
+
+    None when ``head`` is not a NIfTI header (SimpleITK then says what it is).
+    """
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack_from(endian + "i", head, 0)[0] == 348:
+            dim = struct.unpack_from(endian + "8h", head, 40)
+            bitpix = struct.unpack_from(endian + "h", head, 72)[0]
+            pixdim = struct.unpack_from(endian + "8f", head, 76)
+            offset = max(int(struct.unpack_from(endian + "f", head, 108)[0]), 352)
+            break
+        if len(head) >= 540 and struct.unpack_from(endian + "i", head, 0)[0] == 540:
+            bitpix = struct.unpack_from(endian + "h", head, 14)[0]
+            dim = struct.unpack_from(endian + "8q", head, 16)
+            pixdim = struct.unpack_from(endian + "8d", head, 104)
+            offset = max(int(struct.unpack_from(endian + "q", head, 168)[0]), 544)
+            break
+    else:
+        return None
+    ndim = int(dim[0])
+    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 1 for d in dim[1:ndim + 1]):
+        return None
+    n_voxels = 1
+    for d in dim[1:ndim + 1]:
+        n_voxels *= int(d)
+    return offset + n_voxels * int(bitpix) // 8, tuple(float(v) for v in pixdim[1:min(ndim, 3) + 1])
+
+
+def _refuse_negative_spacing(p: Path, spacing: Sequence[float], field_name: str) -> None:
+    flipped = [axis for axis, s in zip("ijk", spacing) if s < 0]
+    if flipped:
+        raise ImageGeometryError(
+            f"{p} declares a negative voxel spacing ({field_name} {' '.join(f'{s:g}' for s in spacing)}): "
+            f"SimpleITK reads it as a mirrored {'/'.join(flipped)} axis, other readers drop the sign, so the "
+            "anatomy may be mirrored; NUDF refuses to guess. Make the spacing positive in the header (and negate "
+            "that axis of the direction matrix if the flip is meant).")
+
+
+def _truncated(p: Path, have: int, need: int, reason: str) -> ImageReadError:
+    return ImageReadError(
+        f"{p} is truncated or corrupt: {reason}; {have:,} of the {need:,} bytes its header announces are there "
+        f"({100.0 * have / max(need, 1):.0f} %). Copy or export the file again.")
+
+
+def _verify_nifti(p: Path, compressed: bool) -> None:
+    try:
+        with (gzip.open(p, "rb") if compressed else open(p, "rb")) as f:
+            head = f.read(544)
+    except EOFError as exc:
+        raise ImageReadError(f"{p} is truncated: its gzip stream ends inside the NIfTI header.") from exc
+    except (OSError, zlib.error):
+        return  # not gzip at all: SimpleITK says what it is
+    layout = _nifti_layout(head)
+    if layout is None:
+        return
+    data_end, spacing = layout
+    _refuse_negative_spacing(p, spacing, "pixdim")
+    if not compressed:
+        size = p.stat().st_size
+        if size < data_end:
+            raise _truncated(p, size, data_end, "the file is too short")
+        return
+    with open(p, "rb") as f:  # the gzip trailer ends with the decoded length mod 2**32
+        f.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", f.read(4))[0] == data_end % 2**32:
+            return
+    decoded, failure = _gunzip_report(p)  # multi-member gzip, trailing bytes... or truncated
+    if failure is None and decoded >= data_end:
+        return
+    raise _truncated(p, decoded, data_end, failure or "the decoded data is too short")
+
+
+def _metaimage_header(p: Path) -> tuple[dict[str, str], int] | None:
+    """A MetaImage header's ``Key = value`` fields and the byte offset just after it (ElementDataFile)."""
+    with open(p, "rb") as f:
+        head = f.read(1 << 16)
+    fields: dict[str, str] = {}
+    pos = 0
+    for line in head.split(b"\n"):
+        pos += len(line) + 1
+        key, sep, value = line.decode("latin-1").partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                return (fields, pos) if pos <= len(head) else None
+    return None
+
+
+def _verify_metaimage(p: Path) -> None:
+    parsed = _metaimage_header(p)
+    if parsed is None:
+        return
+    fields, header_end = parsed
+    try:
+        spacing = [float(v) for v in (fields.get("ElementSpacing") or fields.get("ElementSize") or "").split()]
+        dims = [int(v) for v in fields.get("DimSize", "").split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+        compressed_size = int(fields.get("CompressedDataSize", "0"))
+    except ValueError:
+        return  # malformed numbers: SimpleITK's own error is precise enough
+    _refuse_negative_spacing(p, spacing[:3], "ElementSpacing")
+    data_file = fields["ElementDataFile"]
+    if data_file.upper().startswith("LIST") or "%" in data_file or fields.get("HeaderSize", "0") != "0":
+        return  # slice lists, file patterns, skipped headers: left to MetaIO
+    src, start = (p, header_end) if data_file.upper() == "LOCAL" else (p.parent / data_file, 0)
+    if not src.is_file():
+        raise ImageReadError(f"{p} names its voxel data file {data_file}, which is not beside it.")
+    if fields.get("CompressedData", "False").lower() == "true":
+        need = compressed_size
+    else:
+        need = _MET_TYPE_BYTES.get(fields.get("ElementType", ""), 0) * channels * int(np.prod(dims, dtype=np.int64))
+    have = src.stat().st_size - start
+    if need > 0 and have < need:
+        raise _truncated(p, have, need, "the file is too short" if src == p else f"its data file {data_file} is too short")
 
 
 def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
@@ -203,29 +388,111 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
         raise ImageReadError(f"Cannot read the DICOM series {series_uid} in {folder}: {exc}") from exc
 
 
-def check_output_path(path: str | os.PathLike, exts: Sequence[str], overwrite: bool) -> Path:
-    """Validate an output path's extension and refuse to overwrite unless ``overwrite``."""
+#: What the CLI flag and the Python argument that allow replacing an output are called (said in refusals).
+OVERWRITE_HINT = "pass --force (overwrite=True in Python) to replace it"
+
+
+def check_output_path(path: str | os.PathLike, exts: Sequence[str] | None = None, overwrite: bool = False) -> Path:
+    """Check an output file path before any work, so a long run never fails at its last step.
+
+    Refuses (one-line :class:`NUDFError`) an unsupported extension (when ``exts`` is given), a path that
+    is a folder, an existing file unless ``overwrite`` (naming ``--force``), a missing output folder, and
+    a folder where no file can be created (read-only, /proc, full...): a temporary file is created there
+    and deleted again. Front ends (CLI, Slicer export) call this at argument time.
+    """
     p = Path(path)
-    if _has_ext(p, exts) is None:
+    if exts is not None and _has_ext(p, exts) is None:
         raise InputError(f"Unsupported output extension for {p.name}: use one of {', '.join(exts)}.")
-    if p.exists() and not overwrite:
-        raise OutputExistsError(f"{p} already exists; pass force/overwrite to replace it.")
-    if not p.parent.exists():
-        raise InputError(f"The output folder {p.parent} does not exist.")
+    if p.is_dir():
+        example = f", e.g. {p / ('out' + exts[0])}" if exts else ""
+        raise InputError(f"{p} is a folder; give the output a file name{example}.")
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{p} already exists; {OVERWRITE_HINT}.")
+    if not p.parent.is_dir():
+        what = "is not a folder" if p.parent.exists() else "does not exist"
+        raise InputError(f"The output folder {p.parent} {what}.")
+    _probe_writable(p.parent, p)
     return p
 
 
-@contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` that replaces it once the block succeeds.
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Check a folder that outputs will be written into (created later if missing), before any work.
 
-    A failed or interrupted write never leaves a partial file under the final name, and nothing of it
-    survives. The new file gets the usual permissions for the user's umask (mkstemp's are owner-only).
+    It must be a folder, or not exist yet under a writable folder; the nearest existing one must accept
+    a new file (probed with a temporary file).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{p} exists and is not a folder.")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"Cannot create the folder {p}: {existing} is not a folder.")
+    _probe_writable(existing, p)
+    return p
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The OS's own words for an error ('No space left on device'), without the Python wrapping."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+
+
+def _probe_writable(folder: Path, target: Path) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".nudf-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise OutputWriteError(f"Cannot write {target}: the folder {folder} does not accept new files "
+                               f"({_os_reason(exc)}).") from exc
+
+
+def _commit(tmp: Path, p: Path, overwrite: bool) -> None:
+    """Move the finished temporary file to its final name in one step.
+
+    Without ``overwrite`` a hard link is the commit: it fails if the name appeared meanwhile (another
+    process writing the same output), so an existing file is never replaced without ``--force``, even
+    by a race. Filesystems without hard links fall back to check-then-rename.
+    """
+    if overwrite:
+        os.replace(tmp, p)
+        return
+    try:
+        os.link(tmp, p)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"{p} already exists (written meanwhile by another process?); "
+                                f"{OVERWRITE_HINT}.") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV,
+                             errno.EMLINK):
+            raise
+        if p.exists():
+            raise OutputExistsError(f"{p} already exists; {OVERWRITE_HINT}.") from exc
+        os.replace(tmp, p)
+    else:
+        tmp.unlink()
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str | None = None, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` that becomes ``path`` once the block succeeds.
+
+    A failed or interrupted write (an exception, Ctrl-C, SIGTERM turned into an exception) never leaves
+    a partial file under the final name, and the temporary file is removed. An OS error while writing
+    (disk full, permission, folder gone) becomes one :class:`OutputWriteError` naming the path and the
+    OS's reason. ``overwrite=False`` refuses to replace a file that appeared meanwhile. The new file gets
+    the usual permissions for the user's umask (mkstemp's are owner-only).
     """
     p = Path(path)
     if suffix is None:
         suffix = _has_ext(p, VOLUME_EXTENSIONS + MESH_EXTENSIONS) or p.suffix
-    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    except OSError as exc:
+        raise OutputWriteError(f"Cannot write {p}: {_os_reason(exc)}.") from exc
     os.close(fd)
     tmp = Path(name)
     try:
@@ -233,9 +500,13 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
+        _commit(tmp, p, overwrite)
+    except NUDFError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError(f"Cannot write {p}: {_os_reason(exc)}.") from exc
     finally:
-        if tmp.exists():
+        if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
 
 
@@ -243,15 +514,22 @@ def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = Fals
     """Write a volume (NIfTI/NRRD/MHA), compressed; geometry is stored in LPS as these formats require."""
     p = check_output_path(path, VOLUME_EXTENSIONS, overwrite)
     if _has_ext(p, (".mhd", ".nhdr")):
-        # Detached header: the header names its data file, so write in place (no temp-file rename).
+        # Detached header: the header names its data file, so write in place (no temp-file rename);
+        # on failure remove what this call created.
+        parts = [p] + [p.with_suffix(s) for s in (".raw", ".zraw", ".raw.gz")]
+        fresh = [f for f in parts if not f.exists()]
         try:
             sitk.WriteImage(volume.to_sitk(), str(p), useCompression=True)
         except RuntimeError as exc:
-            p.unlink(missing_ok=True)
-            raise ImageReadError(f"Cannot write {p}: {exc}") from exc
+            for f in fresh:
+                f.unlink(missing_ok=True)
+            raise OutputWriteError(f"Cannot write {p}: {_os_reason(exc)}") from exc
         return p
-    with atomic_output(p) as tmp:
-        sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=True)
+    with atomic_output(p, overwrite=overwrite) as tmp:
+        try:
+            sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=True)
+        except RuntimeError as exc:  # ITK's words for disk full, permission...
+            raise OutputWriteError(f"Cannot write {p}: {_os_reason(exc)}") from exc
     return p
 
 
@@ -330,12 +608,20 @@ def write_mesh(
     """Write an LPS mesh to STL/VTP/OBJ/PLY/VTK with its points in ``frame`` (LPS by default).
 
     The frame is recorded as Slicer does (``SPACE=LPS`` in the STL header / a ``SPACE`` field-data
-    string), and the file appears only once completely written.
+    string), and the file appears only once completely written: VTK's writers do not all report a full
+    disk (PLY and OBJ claim success, STL can abort the process), so the free space is checked first and
+    the written file is checked before it takes the final name.
     """
     frame = check_frame(frame)
     p = check_output_path(path, MESH_EXTENSIONS, overwrite)
     if polydata_lps.GetNumberOfPoints() == 0:
         raise MeshIOError(f"Refusing to write an empty mesh to {p}.")
+    # an upper bound of every format's size (binary STL: 50 bytes a triangle; ASCII OBJ: ~40 bytes a line)
+    need = 1024 + 64 * (polydata_lps.GetNumberOfPoints() + polydata_lps.GetNumberOfCells())
+    free = shutil.disk_usage(p.parent).free
+    if free < need:
+        raise OutputWriteError(f"Cannot write {p}: {os.strerror(errno.ENOSPC)} (about {need / 1e6:.1f} MB "
+                               f"needed, {free / 1e6:.1f} MB free).")
     ext = _has_ext(p, MESH_EXTENSIONS)
     data = transform_polydata_frame(polydata_lps, "lps", frame)
     tag = f"SPACE={frame.upper()}"
@@ -351,15 +637,36 @@ def write_mesh(
         writer.SetHeader(tag)
     elif ext == ".ply":
         writer.AddComment(tag)
-    with atomic_output(p) as tmp:
+    with atomic_output(p, overwrite=overwrite) as tmp:
         writer.SetFileName(str(tmp))
         writer.SetInputData(data)
-        if not writer.Write():
-            raise MeshIOError(f"vtk could not write {p}.")
+        ok = writer.Write()
+        code = writer.GetErrorCode()
+        if not ok or code:
+            reason = os.strerror(code) if 0 < code < 20000 else vtk.vtkErrorCode.GetStringFromErrorCode(code)
+            raise OutputWriteError(f"Cannot write {p}: {reason or 'the VTK writer failed'}.")
         if ext == ".obj":  # vtkOBJWriter writes no header: prepend a comment with the frame
             body = tmp.read_bytes()
             tmp.write_bytes(f"# {tag}\n".encode() + body)
+        _check_written_mesh(tmp, ext, data.GetNumberOfCells(), p)
     return p
+
+
+def _check_written_mesh(tmp: Path, ext: str, n_cells: int, p: Path) -> None:
+    """Refuse a mesh file that came out short (a full disk that the VTK writer did not report)."""
+    if ext == ".stl":  # binary STL: 80-byte header, uint32 triangle count, 50 bytes per triangle
+        size = tmp.stat().st_size
+        with open(tmp, "rb") as f:
+            f.seek(80)
+            count = struct.unpack("<I", f.read(4))[0] if size >= 84 else 0
+        complete = count > 0 and size == 84 + 50 * count
+    else:
+        reader = _mesh_reader(ext)
+        reader.SetFileName(str(tmp))
+        reader.Update()
+        complete = reader.GetOutput().GetNumberOfCells() == n_cells
+    if not complete:
+        raise OutputWriteError(f"Cannot write {p}: the written file is incomplete (disk full?).")
 
 
 def _mesh_reader(ext: str):
