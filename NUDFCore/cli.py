@@ -288,6 +288,61 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ prepare
+def _parse_plane(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 6:
+        raise argparse.ArgumentTypeError(f"expected six comma-separated numbers x,y,z,nx,ny,nz; got {text!r}")
+    return vals
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="turn a label map (e.g. TotalSegmentator output) into a case: open LAA mesh cut at the ostium",
+        description="Make a dataset case (the layout nudf train and the benchmarks read) from a voxel label map: "
+        "OUT/laa.vtp, the open LAA cavity surface (sub-voxel smooth, LPS mm) cut at the ostium with one boundary "
+        "loop; OUT/meta.json (seed_lps deep inside the LAA, ostium centre and normal fitted to the cut, spacing, "
+        "source); OUT/ct.nii.gz when --ct is given (copied, or converted from NRRD/MHA/DICOM). The ostium is "
+        "where the LAA label touches --atrium-label (the left atrium, or the whole heart), or the plane "
+        "--ostium-plane-lps. Nothing is written when an input is unusable.",
+        epilog=EPILOG + " Example (TotalSegmentator: 61 = left atrial appendage, 51 = heart): nudf prepare "
+        "--labels seg.nii.gz --laa-label 61 --atrium-label 51 --ct ct.nii.gz --out cases/patient01",
+    )
+    p.add_argument("--labels", required=True, type=Path, help="label map (.nii/.nii.gz/.nrrd/.mha or DICOM folder)")
+    p.add_argument("--laa-label", required=True, type=int, metavar="N", help="label value of the LAA")
+    cut = p.add_mutually_exclusive_group(required=True)
+    cut.add_argument("--atrium-label", type=int, metavar="M",
+                     help="label value of the left atrium or heart: the LAA is cut where it touches it")
+    cut.add_argument("--ostium-plane-lps", type=_parse_plane, metavar="X,Y,Z,NX,NY,NZ",
+                     help="cut at this plane instead: a point and a normal pointing from the atrium into the LAA, "
+                     "LPS mm (write --ostium-plane-lps=... with = when the first number is negative)")
+    p.add_argument("--ct", type=Path, default=None,
+                   help="the CT the labels belong to (same physical space; the grid may differ)")
+    p.add_argument("--out", required=True, type=Path, help="case folder to write")
+    p.add_argument("--case-id", default=None, help="case_id in meta.json (default: the folder name)")
+    p.add_argument("--force", action="store_true", help="replace an existing case folder")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    import json
+
+    from .prepare import prepare
+
+    out = prepare(args.labels, args.laa_label, args.out, atrium_label=args.atrium_label,
+                  ostium_plane_lps=args.ostium_plane_lps, ct_path=args.ct, force=args.force, case_id=args.case_id)
+    meta = json.loads((out / "meta.json").read_text())
+    laa = meta["laa"]
+    print(f"Wrote {out}: laa.vtp ({laa['area_mm2']:.0f} mm2, {laa['boundary_loops']} boundary loop, ostium "
+          f"{laa['ostium_diameter_mm']:.1f} mm), meta.json (seed_lps {[round(v, 1) for v in meta['seed_lps']]})"
+          + (", ct.nii.gz" if args.ct is not None else " (no CT: give --ct to train or evaluate on it)"))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -318,7 +373,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ registry
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate, _add_train, _add_demo]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate, _add_train, _add_prepare, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
