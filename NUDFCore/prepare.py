@@ -39,8 +39,8 @@ Checks (each a typed :class:`~NUDFCore.errors.NUDFError` with one clear line, an
 label map is a 3D scalar image of non-negative integer labels; the LAA (and atrium) label is present; the
 LAA touches the atrium label when no plane is given; the CT, when given, shares the label map's physical
 space (same orientation and field of view within one voxel; the grids may differ); the output folder is
-new or ``force`` is given, and its parent exists and is writable (checked before any work). Everything is
-written into a temporary folder beside the output that is renamed into place at the end.
+new or ``force`` is given, and its parent accepts new files (created if missing; checked before any work).
+Everything is written into a temporary folder beside the output that is renamed into place at the end.
 """
 from __future__ import annotations
 
@@ -61,7 +61,16 @@ from vtk.util import numpy_support
 from . import __version__
 from .errors import ImageGeometryError, ImageReadError, InputError, OutputExistsError
 from .frames import lps_to_ras
-from .io import Volume, make_polydata, polydata_points, polydata_triangles, read_volume, write_mesh, write_volume
+from .io import (
+    Volume,
+    check_output_dir,
+    make_polydata,
+    polydata_points,
+    polydata_triangles,
+    read_volume,
+    write_mesh,
+    write_volume,
+)
 from .meshtools import (
     boundary_loops,
     clip_by_plane,
@@ -440,11 +449,12 @@ def prepare_case(
 
 # ------------------------------------------------------------------------------------------ writing
 def check_output_folder(out: str | os.PathLike, force: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Refuse, before any work, an output that exists (unless ``force``), a missing or read-only parent, or
-    (with ``force``) an output folder that holds one of the inputs."""
+    """Refuse, before any work, an output that exists (unless ``force``), a parent that cannot be created or
+    written into, or (with ``force``) an output folder that holds one of the inputs."""
     o = Path(out)
     if o.exists() and not o.is_dir():
         raise InputError(f"{o} exists and is not a folder.")
+    check_output_dir(o.parent)  # the case is assembled beside its final place: probe that folder
     if o.is_dir() and any(o.iterdir()):
         if not force:
             raise OutputExistsError(f"The case folder {o} already exists; pass --force to replace it.")
@@ -452,11 +462,6 @@ def check_output_folder(out: str | os.PathLike, force: bool, inputs: Sequence[st
             s = Path(src).resolve()
             if s == o.resolve() or o.resolve() in s.parents:
                 raise InputError(f"The output folder {o} holds the input {src}; choose another --out.")
-    parent = o.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"The folder {parent} does not exist; create it first.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"Cannot write into {parent} (no permission).")
     return o
 
 
@@ -516,6 +521,7 @@ def prepare(
     case.meta["source"]["ct"] = None if ct_path is None else str(ct_path)
     if ct is not None:
         case.meta["spacing"] = ct.spacing.tolist()
+    out_dir.resolve().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.resolve().parent))
     try:
         write_mesh(case.mesh_lps, tmp / "laa.vtp")

@@ -198,6 +198,9 @@ def test_prepare_writes_a_case_that_the_readers_load(tmp_path, labels, prepared)
     assert sorted(p.name for p in out.iterdir()) == ["laa.vtp", "meta.json"]
     assert json.loads((out / "meta.json").read_text())["source"]["cut"] == "plane"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    # missing parent folders are created
+    prepare(tmp_path / "labels.nii.gz", LAA, tmp_path / "new" / "deeper" / "c3", atrium_label=HEART)
+    assert len(boundary_loops(read_mesh(tmp_path / "new" / "deeper" / "c3" / "laa.vtp"))) == 1
 
 
 def _write_image(array: np.ndarray, path, spacing=None) -> None:
@@ -243,11 +246,11 @@ def test_bad_inputs_raise_one_clear_error_and_write_nothing(tmp_path, labels):
             prepare(out=tmp_path / "case", **kwargs)
         assert "\n" not in str(info.value)
         assert sorted(p.name for p in tmp_path.iterdir()) == before, kwargs  # nothing written, no temp folder
-    with pytest.raises(InputError, match="does not exist; create it first"):
-        prepare(lab, LAA, tmp_path / "missing" / "case", atrium_label=HEART)
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(InputError, match="is not a folder"):
         prepare(lab, LAA, tmp_path / "a_file", atrium_label=HEART)
+    with pytest.raises(InputError, match="is not a folder"):
+        prepare(lab, LAA, tmp_path / "a_file" / "case", atrium_label=HEART)
     # --force never deletes the inputs it reads
     (tmp_path / "holder").mkdir()
     write_volume(labels, tmp_path / "holder" / "labels.nii.gz")
