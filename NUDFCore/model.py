@@ -18,6 +18,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,6 +294,22 @@ def save_checkpoint(
     return p
 
 
+def _load_failure_message(p: Path, exc: Exception) -> str:
+    """One line for a failed weights-only load; torch's own message is a page long.
+
+    A file that needs anything beyond tensors and plain containers (a class, a function such as
+    ``os.system``) is refused by the weights-only unpickler: say so, and never offer to load it unsafely.
+    """
+    text = " ".join(str(exc).split())
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if "Weights only load failed" in text and found:
+        return f"{p} is not a plain-weights checkpoint; refusing to run code from it (it references {found.group(1)})."
+    text = text.partition("WeightsUnpickler error:")[2].partition(" Check the documentation")[0].strip() or text
+    first_sentence = text.split(". ")[0].rstrip(".")
+    detail = textwrap.shorten(first_sentence, 160, placeholder="...") if text else type(exc).__name__
+    return f"{p} is not a readable model checkpoint (corrupt or truncated file?): {detail}"
+
+
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a checkpoint file's contents (a dict), raising :class:`CheckpointError`."""
     p = Path(path)
@@ -304,9 +322,7 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         data = torch.load(p, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors...
-        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{p} is not a readable model checkpoint (corrupt or truncated file?): {msg}") from exc
+        raise CheckpointError(_load_failure_message(p, exc)) from exc
     if not isinstance(data, dict) or "nudf_checkpoint" not in data:
         raise CheckpointError(f"{p} is a torch file but not a NUDF model checkpoint (no 'nudf_checkpoint' key).")
     fmt = data.get("nudf_checkpoint")

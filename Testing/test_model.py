@@ -200,7 +200,7 @@ def test_torch_file_without_our_keys_and_unsafe_pickle(tmp_path):
         load_checkpoint(plain)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"nudf_checkpoint": 1, "obj": _Opaque()}, unsafe)  # not allowed by weights_only
-    with pytest.raises(CheckpointError, match="not a readable model checkpoint"):
+    with pytest.raises(CheckpointError, match="not a plain-weights checkpoint; refusing to run code from it"):
         load_checkpoint(unsafe)
 
 
