@@ -372,8 +372,108 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ batch
+_BATCH_DESCRIPTION = """\
+Segment every case of a manifest (a cohort) with one model load per worker. Per case it writes
+DIR/<case_id>/laa.vtp (LPS), laa.json (provenance and quality), measurements.json (--measure) and case.json
+(the case's row; the folder appears only when the case is complete), and DIR/summary.csv with one row per
+case: status ok/failed/skipped, the error of a failed case, timings, quality warnings and, with a gt mesh,
+MSD/HD95/precision/completeness. Re-running the same command skips the done cases (--redo recomputes them);
+an interrupted batch loses at most the cases in flight. One bad case never stops the others.
+
+Manifest: CSV (.csv, .tsv) or JSON lines (.jsonl), one case per row, columns:
+  case_id           required; letters, digits, '.', '_', '-' (names the case folder)
+  ct                required; CT file or DICOM series folder (relative to the manifest's folder)
+  seed_lps|seed_ras exactly one per row: a point inside the LAA, three numbers in mm ("x,y,z" or [x,y,z])
+  gt                optional; an open reference LAA mesh: adds the GT surface metrics to summary.csv
+  ostium_plane_lps  optional; x,y,z,nx,ny,nz: the ostium plane that --measure measures at
+Example (CSV):
+  case_id,ct,seed_lps,gt
+  p001,scans/p001.nii.gz,"-12.5,30.1,88",refs/p001_laa.stl
+
+Workers: --workers 1 (default) runs in this process; --workers N starts a local Dask cluster of N
+processes (cores/N threads each); --scheduler tcp://host:8786 uses an existing Dask cluster, whose workers
+must see the manifest's paths. Dask comes with: pip install 'NUDFCore[batch]'.
+Exit status: 0 when no case failed, 1 when some failed, 2 for a usage error (nothing run), 130 on Ctrl-C.
+"""
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="segment a cohort from a manifest (resumable; local pool or Dask cluster)",
+        description=_BATCH_DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("manifest", type=Path, help="manifest file (.csv, .tsv or .jsonl); columns above")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; one sub-folder per case)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="parallel workers on this machine (default: 1 = in this process; N > 1 needs Dask)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of an existing Dask scheduler, e.g. tcp://host:8786 (its workers run the cases)")
+    p.add_argument("--redo", action="store_true", help="recompute cases that are already done")
+    p.add_argument("--measure", action="store_true", help="also write LAA occlusion-planning measurements per case")
+    p.add_argument("--model", type=Path, default=None, help="model checkpoint (default: $NUDF_MODEL or the bundled model)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the network runs (default: auto = CUDA when present; one GPU per local worker)")
+    p.add_argument("--resolution", type=float, default=0.25, metavar="MM", help="surface-extraction grid in mm (default: 0.25)")
+    p.add_argument("--smoothing", type=float, default=0.0, metavar="S", help="windowed-sinc smoothing 0..1 (default: 0)")
+    p.add_argument("--decimate", type=float, default=0.0, metavar="F", help="fraction of triangles to remove, 0..0.9 (default: 0)")
+    p.add_argument("--progress-format", choices=["text", "json", "none"], default="text",
+                   help="a bar over cases on stderr (text), one JSON object per case on stdout (json), or none")
+    p.set_defaults(func=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import json
+
+    from .batch import BatchSettings, run_batch
+    from .errors import InputError
+
+    if args.scheduler is not None and args.workers is not None:
+        raise InputError("--workers and --scheduler exclude each other: an existing cluster has its own workers.")
+    bar = None
+
+    def on_start(total: int) -> None:
+        nonlocal bar
+        if args.progress_format == "text":
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="cases", unit="case", file=sys.stderr, dynamic_ncols=True)
+
+    def on_case(row: dict, report) -> None:
+        if bar is not None:
+            bar.set_postfix(ok=report.ok, failed=report.failed, skipped=report.skipped, refresh=False)
+            bar.update(1)
+        elif args.progress_format == "json":
+            print(json.dumps({"case_id": row["case_id"], "status": row["status"], "error": row.get("error", ""),
+                              "completed": len(report.rows), "ok": report.ok, "failed": report.failed,
+                              "skipped": report.skipped, "elapsed_s": round(report.seconds, 2)}), flush=True)
+
+    settings = BatchSettings(model=str(args.model) if args.model else None, device=args.device,
+                             resolution_mm=args.resolution, smoothing=args.smoothing, decimate=args.decimate,
+                             measure=args.measure)
+    try:
+        report = run_batch(args.manifest, args.out, settings, workers=1 if args.workers is None else args.workers, scheduler=args.scheduler,
+                           redo=args.redo, on_start=on_start, on_case=on_case)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.progress_format == "json":
+        summary = {"summary_csv": str(report.summary_csv), "ok": report.ok, "failed": report.failed,
+                   "skipped": report.skipped, "seconds": round(report.seconds, 2)}
+        print(json.dumps({"done": True, "summary": summary}), flush=True)
+    else:
+        print(f"{report.ok} ok, {report.failed} failed, {report.skipped} skipped in {report.seconds:.0f} s; "
+              f"summary: {report.summary_csv}")
+        for case_id, error in report.failures:
+            print(f"  failed {case_id}: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 # ------------------------------------------------------------------------------------------ registry
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate, _add_train, _add_prepare, _add_demo]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate, _add_train, _add_prepare, _add_demo, _add_batch]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,17 @@ def phantom_case(phantom_root):
 
 
 @pytest.fixture(scope="session")
+def second_phantom_case(tmp_path_factory):
+    """A second compact phantom (seed ``PHANTOM_SEED + 1``, also unseen by the bundled model), for cohort tests."""
+    from NUDFCore import phantom
+    from NUDFCore.data import list_cases
+
+    root = tmp_path_factory.mktemp("phantom_dataset_2")
+    phantom.write_case(phantom.generate_case(PHANTOM_SEED + 1, size="compact"), root / "case001")
+    return list_cases(root)[0]
+
+
+@pytest.fixture(scope="session")
 def model_path() -> Path:
     """The bundled model, as users get it (``nudf segment`` without ``--model``).
 
