@@ -54,14 +54,19 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ segment
-def _parse_point(text: str) -> list[float]:
+def _parse_numbers(text: str, count: int, what: str) -> list[float]:
+    """``count`` comma-separated numbers, or an argparse error saying ``what`` was expected."""
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         vals = []
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers x,y,z in mm; got {text!r}")
+    if len(vals) != count:
+        raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
     return vals
+
+
+def _parse_point(text: str) -> list[float]:
+    return _parse_numbers(text, 3, "three comma-separated numbers x,y,z in mm")
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
@@ -290,13 +295,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ prepare
 def _parse_plane(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 6:
-        raise argparse.ArgumentTypeError(f"expected six comma-separated numbers x,y,z,nx,ny,nz; got {text!r}")
-    return vals
+    return _parse_numbers(text, 6, "six comma-separated numbers x,y,z,nx,ny,nz")
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
