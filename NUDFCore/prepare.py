@@ -90,7 +90,6 @@ MESH_STEP_RANGE_MM = (0.25, 0.5)
 MAX_FILLED_HOLE_FRACTION = 0.5
 #: More distinct values than this in a "label map" means it is an intensity image (a CT given by mistake).
 MAX_LABELS = 1000
-CASE_FILES: tuple[str, ...] = ("laa.vtp", "meta.json", "ct.nii.gz")
 
 
 @dataclass
@@ -115,7 +114,8 @@ def read_label_map(path: str | os.PathLike) -> Volume:
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            raise ImageReadError(f"Cannot read the label map {p} as an image.") from exc
+            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "unknown error"
+            raise ImageReadError(f"Cannot read the label map {p} as an image ({reason}).") from exc
         dim = reader.GetDimension()
         if dim != 3:
             raise ImageGeometryError(
@@ -234,9 +234,9 @@ def closed_laa_surface(labels: Volume, sub: _Sub, sigma_vox: float, step_mm: flo
 
     spacing_kji = labels.spacing[::-1]
     m = sub.laa
-    inside = ndi.distance_transform_edt(~m, sampling=spacing_kji) - ndi.distance_transform_edt(m, sampling=spacing_kji)
+    outside = ndi.distance_transform_edt(~m, sampling=spacing_kji) - ndi.distance_transform_edt(m, sampling=spacing_kji)
     sigma_mm = float(sigma_vox) * float(labels.spacing.min())
-    field = ndi.gaussian_filter(-inside.astype(np.float32), sigma=tuple(sigma_mm / spacing_kji), mode="nearest")
+    field = ndi.gaussian_filter(-outside.astype(np.float32), sigma=tuple(sigma_mm / spacing_kji), mode="nearest")
     step_kji = np.minimum(step_mm / spacing_kji, 1.0)  # fine-grid step in voxels along k, j, i
     axes = [np.arange(0.0, n - 1 + 1e-9, s) for n, s in zip(field.shape, step_kji)]
     grid = np.meshgrid(*axes, indexing="ij")
