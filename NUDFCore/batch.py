@@ -71,6 +71,7 @@ BASE_COLUMNS = [
     "case_id", "status", "error", "ct", "seed_lps", "gt",
     "total_s", "read_s", "model_load_s", "segment_s", "gt_metrics_s", "measure_s",
     "n_vertices", "n_faces", "boundary_loops", "area_mm2", "mean_predicted_distance_mm", "quality_warnings",
+    "measure_error",
 ]
 #: summary.csv's last columns: where and when a case ran.
 TAIL_COLUMNS = ["worker", "finished_at"]
@@ -301,15 +302,12 @@ def _mesh_bytes(mesh_lps) -> bytes:
         return write_mesh(mesh_lps, Path(tmp) / MESH_FILE).read_bytes()
 
 
-def _measure(mesh_lps, plane: tuple[float, ...] | None) -> dict:
-    """Occlusion-planning measurements of the mesh (needs :mod:`NUDFCore.measure`)."""
-    try:
-        from . import measure
-    except ImportError as exc:
-        raise InputError("--measure needs the measurement module NUDFCore.measure, which this install lacks.") from exc
-    if plane is not None:
-        return measure.measure_laa(mesh_lps, ostium_plane_lps=plane)
-    return measure.measure_laa(mesh_lps)
+def _measure(mesh_lps, plane: tuple[float, ...] | None) -> tuple[dict, dict, list[str]]:
+    """Occlusion-planning measurements (:mod:`NUDFCore.measure`): the JSON document, its flat row, its warnings."""
+    from . import measure
+
+    m = measure.measure_laa(mesh_lps, ostium_plane_lps=None if plane is None else (plane[:3], plane[3:]))
+    return m.to_dict(), m.flat_row(), [str(w) for w in m.warnings]
 
 
 def _json_bytes(data: dict) -> bytes:
@@ -379,9 +377,17 @@ def run_case(spec: CaseSpec, settings: BatchSettings) -> CaseOutcome:
                                 case=spec.case_id).to_dict()
             row.update({col: m[col[3:]] for col in gt_metric_columns()})
             row["gt_metrics_s"] = time.perf_counter() - t0
-        if settings.measure:
+        if settings.measure:  # a measurement problem is reported; it does not discard the segmentation
             t0 = time.perf_counter()
-            files[MEASUREMENTS_FILE] = _json_bytes(_measure(result.mesh_lps, spec.ostium_plane_lps))
+            try:
+                doc, flat, warnings = _measure(result.mesh_lps, spec.ostium_plane_lps)
+            except NUDFError as exc:
+                row["measure_error"] = _one_line(exc)
+            else:
+                files[MEASUREMENTS_FILE] = _json_bytes(doc)
+                row.update(flat)
+                row["quality_warnings"] = "; ".join(filter(None, [row["quality_warnings"]]
+                                                           + [f"measure: {w}" for w in warnings]))
             row["measure_s"] = time.perf_counter() - t0
         status = "ok"
     except KeyboardInterrupt:
@@ -470,7 +476,8 @@ def _commit(out_dir: Path, outcome: CaseOutcome) -> None:
 def summary_columns(rows: Sequence[dict]) -> list[str]:
     """Base columns, GT metrics, any other column a row has (measurements), then worker and time; stable order."""
     cols = BASE_COLUMNS + gt_metric_columns()
-    extra = sorted({k for r in rows for k in r} - set(cols) - set(TAIL_COLUMNS))
+    known = set(cols) | set(TAIL_COLUMNS)
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in known))  # first-seen order
     return cols + extra + TAIL_COLUMNS
 
 

@@ -198,12 +198,13 @@ def cohort(tmp_path_factory, phantom_case, second_phantom_case) -> Path:
     root = tmp_path_factory.mktemp("cohort")
     (root / "corrupt.nii.gz").write_bytes(b"this is not a CT\n" * 64)
     p1, p2 = phantom_case, second_phantom_case
+    plane = _seed_text(list(p1.meta["ostium_center_lps"]) + list(p1.meta["ostium_normal_lps"]))  # the GT ostium
     lines = [
-        "case_id,ct,seed_lps,seed_ras,gt",
-        f'p1,{p1.ct_path},"{_seed_text(p1.seed_lps)}",,{p1.mesh_path}',
-        f'p2,{p2.ct_path},,"{_seed_text(np.asarray(p2.seed_lps) * [-1, -1, 1])}",{p2.mesh_path}',  # RAS seed
-        f'corrupt,corrupt.nii.gz,"{_seed_text(p1.seed_lps)}",,',
-        f'outside,{p1.ct_path},"900,900,900",,',
+        "case_id,ct,seed_lps,seed_ras,gt,ostium_plane_lps",
+        f'p1,{p1.ct_path},"{_seed_text(p1.seed_lps)}",,{p1.mesh_path},"{plane}"',
+        f'p2,{p2.ct_path},,"{_seed_text(np.asarray(p2.seed_lps) * [-1, -1, 1])}",{p2.mesh_path},',  # RAS seed
+        f'corrupt,corrupt.nii.gz,"{_seed_text(p1.seed_lps)}",,,',
+        f'outside,{p1.ct_path},"900,900,900",,,',
     ]
     (root / "cohort.csv").write_text("\n".join(lines) + "\n")
     return root / "cohort.csv"
@@ -275,13 +276,26 @@ def test_rerun_skips_done_cases_without_touching_them(serial_run):
     assert json.loads(stdout.splitlines()[-1])["summary"]["skipped"] == 2
 
 
+def _has_measure() -> bool:
+    try:
+        from NUDFCore import measure  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_dask_workers_redo_the_cohort_with_the_same_meshes(serial_run, cohort, model_path):
-    """--redo on a LocalCluster of 2 worker processes: every case recomputed, meshes as in the serial run."""
+    """--redo on a LocalCluster of 2 worker processes: every case recomputed, meshes as in the serial run.
+
+    With the measurement module present the redo also measures (--measure), at the manifest's ostium plane for p1.
+    """
     pytest.importorskip("distributed")
     out = serial_run["out"]
     before = {c: _mtimes(out / c) for c in PHANTOMS}
+    measure = ["--measure"] if _has_measure() else []
     rc, _, stderr = _run_cli(["batch", str(cohort), "--out", str(out), "--model", str(model_path), "--device", "cpu",
-                              "--resolution", RESOLUTION, "--workers", "2", "--redo", "--progress-format", "none"])
+                              "--resolution", RESOLUTION, "--workers", "2", "--redo", "--progress-format", "none"]
+                             + measure)
     rows = _summary(out)
     assert rc == 1, stderr
     assert {c: rows[c]["status"] for c in rows} == {"p1": "ok", "p2": "ok", "corrupt": "failed", "outside": "failed"}
@@ -292,7 +306,29 @@ def test_dask_workers_redo_the_cohort_with_the_same_meshes(serial_run, cohort, m
         serial, dask = serial_run["meshes"][c], read_mesh(out / c / "laa.vtp")
         assert np.array_equal(polydata_triangles(serial), polydata_triangles(dask))
         assert np.abs(polydata_points(serial) - polydata_points(dask)).max() <= 1e-4  # mm
+        if measure:  # measured, or the reason it could not be is in the row (the segmentation is kept)
+            doc_path = out / c / "measurements.json"
+            if rows[c]["measure_error"]:
+                assert not doc_path.exists()
+            else:
+                doc = json.loads(doc_path.read_text())
+                assert float(rows[c]["depth_mm"]) == pytest.approx(doc["depth_mm"], rel=1e-5)
+                assert float(rows[c]["ostium_max_diameter_mm"]) == pytest.approx(doc["ostium"]["max_diameter_mm"],
+                                                                                 rel=1e-5)
+                assert doc["ostium_source"] == ("plane" if c == "p1" else "boundary")
     assert not [p for p in out.iterdir() if p.name.startswith((".partial-", ".old-"))]
+
+
+def test_measure_without_the_measurement_module_is_a_clear_error(tmp_path, monkeypatch):
+    import NUDFCore
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('case_id,ct,seed_lps\na,a.nii.gz,"1,2,3"\n')
+    monkeypatch.setitem(sys.modules, "NUDFCore.measure", None)
+    monkeypatch.delattr(NUDFCore, "measure", raising=False)
+    rc, _, err = _run_cli(["batch", str(manifest), "--out", str(tmp_path / "out"), "--measure"])
+    assert rc == 2 and "--measure needs the measurement module" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_dask_cluster_via_scheduler_address(cohort, model_path, tmp_path):
