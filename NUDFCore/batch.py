@@ -30,6 +30,7 @@ import csv
 import io as _stdio
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -215,7 +216,7 @@ class BatchSettings:
     """What every case shares; sent to the workers with each case (must stay small and picklable)."""
 
     model: str | None = None
-    """Checkpoint path (None: ``$NUDF_MODEL`` or the bundled model, resolved by the client)."""
+    """Checkpoint path, absolute and visible to the workers (None: each worker's ``$NUDF_MODEL`` or bundled model)."""
     device: str = "auto"
     resolution_mm: float = 0.25
     smoothing: float = 0.0
@@ -250,12 +251,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _dask_worker():
-    """The Dask worker running this task, or None in-process."""
+    """The Dask worker running this task, or None in-process (where Dask need not even be imported)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
     try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):
+        return distributed.get_worker()
+    except ValueError:
         return None
 
 
@@ -279,8 +281,11 @@ def _configure_worker(settings: BatchSettings) -> str:
     return settings.device
 
 
-def _cached_model(path: str, device: str) -> tuple[object, float]:
-    """The network for (path, device), loaded once per process; returns it and the load time (0 when cached)."""
+def _cached_model(path: str | None, device: str) -> tuple[object, float]:
+    """The network for (path, device), loaded once per process; returns it and the load time (0 when cached).
+
+    ``path`` None is the worker's own default model (its install's bundled one, or its ``$NUDF_MODEL``).
+    """
     from .infer import load_model
     from .model import resolve_device
 
@@ -322,8 +327,10 @@ def _json_bytes(data: dict) -> bytes:
 
 
 def _finite(obj):
-    """JSON has no NaN: write it as null."""
-    if isinstance(obj, float) and obj != obj:
+    """JSON has no NaN or infinity: write them as null (numpy scalars become Python numbers)."""
+    if hasattr(obj, "item") and not hasattr(obj, "__len__"):  # a numpy scalar
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
@@ -548,25 +555,29 @@ def _dask(todo: list[CaseSpec], settings: BatchSettings, workers: int,
             cluster.close()
         raise
     batch_token = uuid.uuid4().hex[:8]
-    futures = [client.submit(run_case, spec, settings, key=f"nudf-{spec.case_id}-{batch_token}", pure=False,
-                             resources=resources) for spec in todo]
-    by_key = {f.key: spec for f, spec in zip(futures, todo)}
+    pending = {}
+    for spec in todo:
+        fut = client.submit(run_case, spec, settings, key=f"nudf-{spec.case_id}-{batch_token}", pure=False,
+                            resources=resources)
+        pending[fut.key] = (fut, spec)
 
     def outcomes() -> Iterator[CaseOutcome]:
-        for fut in as_completed(futures):
+        for fut in as_completed([f for f, _ in pending.values()]):
+            _, spec = pending.pop(fut.key)
             try:
-                yield fut.result()
+                outcome = fut.result()
             except Exception as exc:  # noqa: BLE001 - a worker died or the task could not run: one failed case
-                spec = by_key[fut.key]
-                yield CaseOutcome(spec.case_id, "failed", {
+                outcome = CaseOutcome(spec.case_id, "failed", {
                     "case_id": spec.case_id, "ct": spec.ct, "status": "failed",
                     "error": f"worker lost: {_one_line(exc)}",
                     "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            fut.release()  # the mesh bytes leave the cluster's memory once we hold them
+            yield outcome
 
     try:
         yield outcomes()
     finally:
-        client.cancel(futures)
+        client.cancel([f for f, _ in pending.values()])
         client.close()
         if cluster is not None:
             cluster.close()
@@ -618,14 +629,20 @@ def run_batch(
     if scheduler is not None or workers > 1:
         _import_dask()  # fail now, naming the extra, not after the serial part
     cases = read_manifest(manifest)
-    model = Path(settings.model) if settings.model else default_model_path()
-    if not model.is_file():
-        raise InputError(f"The model {model} is not a file.")
-    settings = replace(settings, model=str(model.resolve()))
+    if settings.model:  # an absolute path for the workers; without one each worker loads its default model
+        model = Path(settings.model).expanduser()
+        if not model.is_file():
+            raise InputError(f"The model {model} is not a file.")
+        settings = replace(settings, model=str(model.resolve()))
+    elif scheduler is None:
+        default_model_path()  # none bundled, or $NUDF_MODEL wrong: say so before any work
     from .infer import SegmentOptions
+    from .model import resolve_device
 
     SegmentOptions(resolution_mm=settings.resolution_mm, smoothing=settings.smoothing,
                    decimate=settings.decimate).check()
+    if scheduler is None:
+        resolve_device(settings.device)  # e.g. CUDA asked for on a machine without it: one error, not N rows
     if settings.measure:
         try:
             from . import measure  # noqa: F401

@@ -344,3 +344,21 @@ def test_existing_dask_cluster_via_scheduler_address(cohort, model_path, tmp_pat
     assert rc == 1, err
     assert {c: r["status"] for c, r in rows.items()} == {"corrupt": "failed", "outside": "failed"}
     assert "outside the CT volume" in rows["outside"]["error"] and rows["outside"]["worker"] != ""
+
+
+def test_local_gpu_workers_pin_one_device_each(monkeypatch):
+    """Worker i of a local cluster runs on GPU i mod n (CUDA faked: the mapping, not the hardware, is tested)."""
+    import torch
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(batch, "_CONFIGURED", True)  # leave this process's torch threads alone
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    devices = []
+    for name in (0, 1, 2, 3):
+        monkeypatch.setattr(batch, "_dask_worker", lambda name=name: SimpleNamespace(name=name))
+        devices.append(batch._configure_worker(BatchSettings(device="auto")))
+    assert devices == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert batch._configure_worker(BatchSettings(device="cpu")) == "cpu"
+    monkeypatch.setattr(batch, "_dask_worker", lambda: None)  # in-process: torch's own choice of device
+    assert batch._configure_worker(BatchSettings(device="auto")) == "auto"
