@@ -28,7 +28,9 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
         description="Generate synthetic contrast-enhanced cardiac CT cases, each with an exact open LAA "
         "surface mesh (cut at the ostium) and metadata. A folder of cases is a training dataset: "
         "DIR/case_0000/{ct.nii.gz, laa.vtp, laa.stl, meta.json}, ... (case i uses seed+i). LAA families "
-        "(chicken wing, cactus, windsock, cauliflower) are drawn uniformly.",
+        "(chicken wing, cactus, windsock, cauliflower) are drawn uniformly. Everything that does not define "
+        "the LAA is randomised per case (tissue HU, opacification, trabeculae, mouth shape, LA shape, "
+        "neighbours, noise, PSF, slices, artefacts), grouped into styles that can be held out or forced.",
         epilog=EPILOG,
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per case)")
@@ -37,19 +39,36 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", choices=("full", "compact"), default="full",
                    help="full: a 512x512 CT with a realistic field of view (default); compact: a 110-130 mm "
                    "field of view around the left atrium (fast, for training sets and tests)")
+    p.add_argument("--exclude-style", action="append", default=[], metavar="STYLE",
+                   help="never draw this domain-randomisation style (repeatable), e.g. to hold it out of a "
+                   "training set; styles: " + ", ".join(_phantom_styles()))
+    p.add_argument("--only-style", action="append", default=[], metavar="STYLE",
+                   help="always draw this style (repeatable), e.g. for a test set of that style")
+    p.add_argument("--workers", type=int, default=1, help="cases generated in parallel processes (default: 1)")
     p.add_argument("--force", action="store_true", help="overwrite existing case folders")
     p.set_defaults(func=_run_phantom)
 
 
+def _phantom_styles() -> list[str]:
+    from .phantom.styles import STYLES
+
+    return list(STYLES)
+
+
 def _run_phantom(args: argparse.Namespace) -> int:
+    from .io import check_output_dir
     from .phantom import generate_dataset
 
+    check_output_dir(args.out)  # a read-only or impossible --out fails now, not after the first case
     def report(folder: Path) -> None:
         print(f"{folder.name}: CT {folder / 'ct.nii.gz'}  mesh {folder / 'laa.vtp'} (+ laa.stl, LPS)  "
               f"meta {folder / 'meta.json'}", flush=True)
 
+    from .phantom import style_probabilities
+
+    styles = style_probabilities(exclude=args.exclude_style, only=args.only_style)
     generate_dataset(args.out, args.count, args.seed, size=args.size, overwrite=args.force,
-                     progress=sys.stderr.isatty(), on_case=report)
+                     progress=sys.stderr.isatty(), on_case=report, styles=styles, workers=args.workers)
     return 0
 
 
@@ -213,13 +232,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .errors import OutputExistsError
-    from .io import read_mesh
+    from .io import check_output_path, read_mesh
     from .metrics import format_table, surface_metrics, write_csv
 
     for out in (args.json, args.csv):  # refuse before the work, not after
-        if out is not None and out.exists() and not args.force and not (out == args.csv and args.append):
-            raise OutputExistsError(f"{out} already exists; pass --force to replace it.")
+        if out is not None:
+            check_output_path(out, None, overwrite=args.force or (out == args.csv and args.append))
     pred = read_mesh(args.pred, frame=args.frame_pred)
     gt = read_mesh(args.gt, frame=args.frame_gt)
     m = surface_metrics(pred, gt, n_samples=args.samples, seed=args.seed, spacing_mm=args.spacing,
@@ -276,8 +294,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from .io import check_output_path
     from .train import TrainConfig, train
 
+    # a writable file name now, not after hours; whether an existing OUT may be replaced is train's call
+    # (--force / --resume)
+    check_output_path(args.out, (".pt",), overwrite=True)
     config = TrainConfig(
         data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         points=args.points, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
@@ -495,15 +517,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 1
+    name = args.func.__name__.removeprefix("_run_")
+    on_term = _sigterm_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except NUDFError as exc:
-        name = args.func.__name__.removeprefix("_run_")
         print(f"nudf {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("nudf: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # an OS refusal no check foresaw (a file vanished, a device failed): one line
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"nudf {name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"nudf: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        on_term.restore()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup (temporary files, partial outputs) runs."""
+
+
+class _sigterm_as_interrupt:
+    """Turn SIGTERM into :class:`_Terminated` while a command runs (main thread only); restore() undoes it."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self._previous = None
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise _Terminated()
+
+    def restore(self) -> None:
+        import signal
+
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -171,17 +171,16 @@ def prepare(case, crop_mm: float, beyond_mm: float, jitter_mm: float) -> Prepare
     return PreparedCase(case.name, image, f, case)
 
 
-def training_sample(pc: PreparedCase, crop_n: int, crop_mm: float, rng: np.random.Generator, window, aug: dict):
-    """A crop and its labels, augmented as NUDF's training crops (centre on a lumen point + jitter, rotation,
-    intensity scale/offset/noise)."""
+def training_sample(pc: PreparedCase, crop_n: int, crop_mm: float, rng: np.random.Generator, window, aug):
+    """A crop and its labels, augmented exactly as NUDF's training crops (``aug`` is NUDF's TrainConfig:
+    centre on a lumen point + jitter, rotation, then ``NUDFCore.train.augment_intensities``)."""
     from NUDFCore.crop import CropGeometry, extract_crop, random_rotation
+    from NUDFCore.train import augment_intensities
 
     centre = pc.field.lumen_points_lps[rng.integers(len(pc.field.lumen_points_lps))].astype(float)
-    centre = centre + rng.normal(0.0, aug["jitter_mm"], size=3)
-    geom = CropGeometry(centre, crop_mm, crop_n, random_rotation(rng, aug["rotation_deg"]))
-    crop = extract_crop(pc.image, geom, window)
-    crop = crop * rng.uniform(1 - aug["scale"], 1 + aug["scale"]) + rng.uniform(-aug["offset"], aug["offset"])
-    crop = crop + rng.normal(0.0, aug["noise"], size=crop.shape)
+    centre = centre + rng.normal(0.0, aug.center_jitter_mm, size=3)
+    geom = CropGeometry(centre, crop_mm, crop_n, random_rotation(rng, aug.rotation_deg))
+    crop = augment_intensities(extract_crop(pc.image, geom, window), aug, rng)
     return crop.astype(np.float32), crop_labels(pc.field, geom)
 
 
@@ -250,10 +249,12 @@ def train_unet(args, train_cases, val_cases, device):
     from NUDFCore.crop import CropGeometry, HUWindow, extract_crop
 
     window = HUWindow()
-    aug = {"jitter_mm": 3.0, "rotation_deg": 10.0, "scale": 0.1, "offset": 0.05, "noise": 0.05}
+    from NUDFCore.train import TrainConfig
+
+    aug = TrainConfig(data=".", out="unused.pt")  # NUDF's default augmentation, field for field
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    prep = [prepare(c, args.crop_mm, args.beyond_ostium_mm, aug["jitter_mm"])
+    prep = [prepare(c, args.crop_mm, args.beyond_ostium_mm, aug.center_jitter_mm)
             for c in tqdm(train_cases + val_cases, desc="labels + regions")]
     train_p, val_p = prep[:len(train_cases)], prep[len(train_cases):]
     val_items = []

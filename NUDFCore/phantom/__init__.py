@@ -56,7 +56,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import vtk
@@ -68,6 +68,7 @@ from ..io import Volume, make_polydata, write_mesh, write_volume
 from .anatomy import MORPHOLOGIES, _Anatomy, _Reject, _sample_anatomy
 from .render import _render_ct
 from .sdf import _random_rotation
+from .styles import STYLES, draw_styles, style_probabilities
 from .truth import _GroundTruth, _clear_laa_neighbours, _marching_cubes_gt, polydata_boundary_ids
 
 #: Clinical prevalence of the families (Di Biase et al., JACC 2012), for reference and for callers who
@@ -92,6 +93,9 @@ def _sample_grid(rng: np.random.Generator, an: _Anatomy, gt: _GroundTruth, size:
     """Voxel spacing, patient pose, direction, origin and extent of the CT."""
     sx = float(rng.uniform(0.3, 0.8))
     sz = float(rng.uniform(0.5, 1.0)) if rng.random() < 0.65 else float(rng.uniform(1.0, 2.5))
+    thick = float(rng.uniform(1.5, 3.0))
+    if "thick_slices" in an.styles:
+        sz = thick
     spacing = np.array([sx, sx, sz])
     r_pat = _random_rotation(rng, 10.0)
     t_pat = np.array([rng.uniform(-30, 30), rng.uniform(-40, 40), rng.uniform(-250, 150)])
@@ -128,12 +132,14 @@ def _sample_grid(rng: np.random.Generator, an: _Anatomy, gt: _GroundTruth, size:
 
 def generate_case(seed: int, *, size: str = "full", morphology: str | None = None,
                   morphology_weights: dict[str, float] | None = None, case_id: str | None = None,
-                  progress: bool = False) -> PhantomCase:
+                  progress: bool = False, styles: Mapping[str, float] | None = None) -> PhantomCase:
     """Generate one synthetic cardiac CTA with its exact open LAA ground truth.
 
     ``size`` is "full" (512x512 in-plane, realistic FOV) or "compact" (110-130 mm around the LA/LAA);
     ``morphology`` forces an LAA family, else it is drawn with ``morphology_weights`` (default uniform,
-    :data:`MORPHOLOGY_SAMPLING`). The same ``seed`` always gives the same case.
+    :data:`MORPHOLOGY_SAMPLING`). ``styles`` maps style names to the probability a case draws them
+    (default :data:`STYLES`; build one with :func:`style_probabilities` to hold a style out or force it).
+    The same ``seed`` and ``styles`` always give the same case.
     """
     if size not in SIZES:
         raise InputError(f"Unknown phantom size {size!r}: use 'full' or 'compact'.")
@@ -142,13 +148,16 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
     weights = dict(morphology_weights or MORPHOLOGY_SAMPLING)
     if set(weights) - set(MORPHOLOGIES) or any(v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
         raise InputError(f"morphology_weights must map {', '.join(MORPHOLOGIES)} to non-negative weights.")
+    probs = style_probabilities(base=styles) if styles is not None else dict(STYLES)
     rng = np.random.default_rng(int(seed))
     morph = _draw_morphology(rng, morphology, weights)
-    an, gt, reasons = _draw_anatomy(rng, morph, seed)
+    drawn = draw_styles(rng, probs)
+    artefact_rng = np.random.default_rng(int(rng.integers(2 ** 62)))
+    an, gt, reasons = _draw_anatomy(rng, morph, seed, drawn)
     spacing, d, origin, size_ijk, r_pat, t_pat = _sample_grid(rng, an, gt, size)
-    psf = float(rng.uniform(0.5, 0.8))
-    noise_sigma = float(rng.uniform(15, 40))
-    vol = _render_ct(rng, an, spacing, d, origin, size_ijk, r_pat, t_pat, psf, noise_sigma, progress)
+    psf = float(rng.uniform(0.4, 1.1))
+    noise_sigma = float(rng.uniform(10, 70))
+    vol = _render_ct(rng, an, spacing, d, origin, size_ijk, r_pat, t_pat, psf, noise_sigma, progress, artefact_rng)
 
     to_lps = lambda p: np.asarray(p, float) @ r_pat.T + t_pat
     mesh = make_polydata(to_lps(gt.points), gt.triangles)
@@ -160,6 +169,8 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
         "seed": int(seed),
         "size": size,
         "morphology": morph,
+        "styles": sorted(drawn),
+        "mouth": an.laa.mouth,
         "seed_lps": seed_lps.tolist(),
         "seed_ras": lps_to_ras(seed_lps).tolist(),
         "laa_center_lps": to_lps(gt.center).tolist(),
@@ -203,12 +214,13 @@ def draw_morphology(seed: int, weights: dict[str, float] | None = None) -> str:
     return _draw_morphology(np.random.default_rng(int(seed)), None, dict(weights or MORPHOLOGY_SAMPLING))
 
 
-def _draw_anatomy(rng: np.random.Generator, morph: str, seed: int = -1) -> tuple[_Anatomy, _GroundTruth, list[str]]:
+def _draw_anatomy(rng: np.random.Generator, morph: str, seed: int = -1,
+                  styles: frozenset[str] = frozenset()) -> tuple[_Anatomy, _GroundTruth, list[str]]:
     """Draw anatomies until one gives a clean ground truth (rejection sampling; all from ``rng``)."""
     reasons: list[str] = []
     for _attempt in range(40):
         try:
-            an = _sample_anatomy(rng, morph)
+            an = _sample_anatomy(rng, morph, styles)
             gt = _marching_cubes_gt(an)
         except _Reject as exc:
             reasons.append(str(exc))
@@ -245,11 +257,16 @@ def case_folder_name(index: int) -> str:
 
 
 def generate_dataset(out: str | os.PathLike, count: int, seed: int, *, size: str = "full", overwrite: bool = False,
-                     progress: bool = True, on_case: Callable[[Path], None] | None = None) -> list[Path]:
+                     progress: bool = True, on_case: Callable[[Path], None] | None = None,
+                     styles: Mapping[str, float] | None = None, workers: int = 1) -> list[Path]:
     """Write ``count`` cases to ``out/case_0000`` ... (case i uses seed + i); returns the case folders.
 
     Refuses (before generating anything) when a case folder already exists, unless ``overwrite``.
+    ``workers`` > 1 generates cases in that many processes (each case depends only on its seed, so the
+    files are the same as with one).
     """
+    if int(workers) < 1:
+        raise InputError(f"The number of workers must be at least 1 (got {workers}).")
     if int(count) < 1:
         raise InputError(f"The number of cases must be at least 1 (got {count}).")
     if size not in SIZES:
@@ -269,11 +286,29 @@ def generate_dataset(out: str | os.PathLike, count: int, seed: int, *, size: str
         from tqdm import tqdm
 
         it = tqdm(it, desc="phantoms", unit="case")
+    jobs = [(int(seed) + i, size, folders[i], styles) for i in range(int(count))]
     written = []
-    for i in it:
-        case = generate_case(int(seed) + i, size=size, case_id=folders[i].name)
-        write_case(case, folders[i], overwrite=True)
-        written.append(folders[i])
-        if on_case is not None:
-            on_case(folders[i])
+    if int(workers) == 1:
+        done = (_make_case(job) for job in jobs)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=int(workers))
+        done = pool.map(_make_case, jobs)
+    try:
+        for _ in it:
+            folder = next(done)
+            written.append(folder)
+            if on_case is not None:
+                on_case(folder)
+    finally:
+        if int(workers) > 1:
+            pool.shutdown(cancel_futures=True)
     return written
+
+
+def _make_case(job: tuple) -> Path:
+    """Generate and write one case (a top-level function, so worker processes can run it)."""
+    seed, size, folder, styles = job
+    write_case(generate_case(seed, size=size, case_id=Path(folder).name, styles=styles), folder, overwrite=True)
+    return Path(folder)

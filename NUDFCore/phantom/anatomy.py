@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -20,9 +20,56 @@ class _Reject(Exception):
 
 @dataclass
 class _Paint:
+    """One layer of the render: ``hu`` where ``fld`` < ``offset``, blended over what is below it.
+
+    ``hu_map``, when given, replaces the constant ``hu`` by a function of heart-frame coordinates (float32
+    columns x, y, z) and ``box`` (heart-frame lo, hi) limits where the layer is painted at all.
+    """
+
     fld: Field
     hu: float
     offset: float = 0.0  # paint where field < offset (walls are lumens offset outwards)
+    hu_map: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
+    box: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
+class _Opacification:
+    """HU of LAA blood with slow-flow dimming toward the tip, swirls of mixing and low-contrast pockets.
+
+    Depth is measured from the ostium plane along its normal; ``u`` = depth / length in [0, 1]. The blood
+    pool value is kept at the ostium (u = 0), dimmed by ``dim`` x u^``power`` toward the tip; swirls are a
+    few plane waves whose amplitude grows with u; each pocket pulls the HU toward its own target with a
+    Gaussian weight. The cavity wall does not move: only the contrast inside it changes.
+    """
+
+    blood: float
+    origin: np.ndarray
+    normal: np.ndarray
+    length: float
+    dim: float
+    power: float
+    waves: np.ndarray          # (M, 3) wave vectors, rad/mm
+    phases: np.ndarray         # (M,)
+    swirl_hu: float
+    pockets: list[tuple[np.ndarray, float, float]]  # (centre, sigma mm, target HU)
+    floor_hu: float = 30.0
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        o, n = self.origin.astype(np.float32), self.normal.astype(np.float32)
+        u = ((x - o[0]) * n[0] + (y - o[1]) * n[1] + (z - o[2]) * n[2]) / np.float32(self.length)
+        np.clip(u, 0, 1, out=u)
+        hu = np.float32(self.blood) * (1 - np.float32(self.dim) * u ** np.float32(self.power))
+        if self.swirl_hu > 0 and len(self.waves):
+            swirl = np.zeros_like(hu)
+            for k, ph in zip(self.waves.astype(np.float32), self.phases):
+                swirl += np.cos(k[0] * x + k[1] * y + k[2] * z + np.float32(ph))
+            hu += np.float32(self.swirl_hu / np.sqrt(len(self.waves))) * np.sqrt(u) * swirl
+        for c, sigma, target in self.pockets:
+            r2 = (x - np.float32(c[0])) ** 2 + (y - np.float32(c[1])) ** 2 + (z - np.float32(c[2])) ** 2
+            w = np.exp(r2 * np.float32(-0.5 / sigma ** 2))
+            hu += w * (np.float32(target) - hu)
+        return np.maximum(hu, np.float32(self.floor_hu))
 
 
 # ============================================================================================== anatomy
@@ -41,6 +88,8 @@ class _LAA:
     target_short_mm: float = 0.0
     length_mm: float = 0.0
     defect: tuple[np.ndarray, float] | None = None
+    mouth: str = "standard"
+    trabeculae: list[Primitive] = field(default_factory=list)  # inside the cavity, not part of its field
 
 
 @dataclass
@@ -55,6 +104,9 @@ class _Anatomy:
     heart_center: np.ndarray
     la_center: np.ndarray
     blood_fields: list[str]
+    styles: frozenset[str] = frozenset()
+    min_gap_mm: float = 2.2            # closest any other blood pool may come to the LAA cavity
+    laa_blood: _Paint | None = None    # inhomogeneous LAA opacification (style "mixing")
 
 
 def _chain(points: np.ndarray, radius: Callable[[float], float], k: float, fld: Field) -> list[Primitive]:
@@ -118,8 +170,18 @@ def _blob_tube(fld: Field, pts: np.ndarray, tans: np.ndarray, e1s: np.ndarray, r
     return prims
 
 
-def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: Field) -> _LAA:
-    """Draw an LAA of ``morphology`` attached to the LA ellipsoid; adds its primitives to ``fld``."""
+def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: Field, mouth: str = "standard",
+                mouth_rng: np.random.Generator | None = None,
+                trab_rng: np.random.Generator | None = None) -> _LAA:
+    """Draw an LAA of ``morphology`` attached to the LA ellipsoid; adds its cavity primitives to ``fld``.
+
+    ``mouth`` shapes the part next to the LA: "standard", "wide" (flared, tapered, no narrowing) or
+    "narrow" (a waist just beyond the ostium); its parameters come from ``mouth_rng``. Trabeculae
+    (pectinate ridges and cords) are drawn from ``trab_rng`` into ``laa.trabeculae``: they lie inside the
+    cavity and are *not* part of ``fld``, whose zero level (the ground truth) is the cavity wall.
+    """
+    mouth_rng = mouth_rng if mouth_rng is not None else np.random.default_rng(0)
+    trab_rng = trab_rng if trab_rng is not None else np.random.default_rng(1)
     # attachment: left, anterior, superior aspect of the LA
     v = _unit(np.array([0.80, -0.45, 0.42]) + rng.normal(0, 0.12, 3))
     q = la.rot.T @ v
@@ -137,6 +199,12 @@ def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: F
     start = p0 - 4.0 * d0
     k_neck = rng.uniform(2.5, 4.0)
     k_body = rng.uniform(1.0, 2.0)
+    flare, flare_len = mouth_rng.uniform(0.3, 0.8), mouth_rng.uniform(6.0, 14.0)
+    waist, waist_at, waist_w = mouth_rng.uniform(0.2, 0.4), mouth_rng.uniform(2.0, 6.0), mouth_rng.uniform(2.0, 4.0)
+    k_wide = mouth_rng.uniform(4.0, 7.0)
+    if mouth == "wide":  # the mouth is the widest part (the drawn ostium size); the body tapers from it
+        k_neck = k_wide
+        a0, b0 = a0 / (1 + flare), b0 / (1 + flare)
     prims: list[Primitive] = []
     lobe_pts = []
     lobes = 1
@@ -175,10 +243,19 @@ def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: F
 
     pts, tans, e1s = _sweep(rng, start, d0, e1, length + 4.0, curv, bend, ds=2.0, twist=rng.normal(0, 0.01),
                             away=n, min_dot=-0.45)
-    n_neck = int(math.ceil((4.0 + delta + 1.2 * max(a0, b0)) / 2.0)) + 1
+    n_neck = int(math.ceil((4.0 + delta + 1.2 * max(a0, b0) * (1 + flare * (mouth == "wide"))) / 2.0)) + 1
+
+    def mouth_factor(arc_mm: np.ndarray) -> np.ndarray:
+        past = arc_mm - (4.0 + delta)  # mm beyond the ostium along the centreline
+        if mouth == "wide":
+            return 1.0 + flare * np.clip(1.0 - past / flare_len, 0.0, 1.0)
+        if mouth == "narrow":
+            return 1.0 - waist * np.exp(-(((past - waist_at) / waist_w) ** 2))
+        return np.ones_like(arc_mm)
+
     for _ in range(4):  # shorten a body that comes back within a blend radius of the ostium plane
         u = np.clip((np.arange(len(pts)) * 2.0 - 4.0) / length, 0, 1)
-        prof = profile(u, bulge, tip, power)
+        prof = profile(u, bulge, tip, power) * mouth_factor(np.arange(len(pts)) * 2.0)
         ra, rb = a0 * prof, b0 * prof
         low = []
         for i in range(n_neck, len(pts)):
@@ -197,6 +274,7 @@ def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: F
     n_first = int(math.ceil(8.0 / 2.0))
     prims += _blob_tube(fld, pts, tans, e1s, ra, rb, k_body, k_neck, n_first)
     lobe_pts.append(pts)
+    tubes = [(pts, tans, e1s, ra, rb, max(n_first + 2, int(0.25 * len(pts))))]  # where trabeculae may sit
 
     def side_lobe(at: int, lo_len: tuple[float, float], lo_r: tuple[float, float], angle_deg: tuple[float, float],
                   around: float | None = None) -> None:
@@ -220,6 +298,7 @@ def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: F
         flat = rng.uniform(0.65, 1.0)
         prims.extend(_blob_tube(fld, lp, lt, le, r0 * prof_, r0 * flat * prof_, rng.uniform(1.0, 2.0)))
         lobe_pts.append(lp)
+        tubes.append((lp, lt, le, r0 * prof_, r0 * flat * prof_, 1))
         lobes += 1
 
     npts = len(pts)
@@ -254,21 +333,7 @@ def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: F
         fld.union(bump, 1.0)
         prims.append(bump)
 
-    # pectinate-muscle-like ridges inside the lumen (not in the neck)
-    n_ridges = int(rng.integers(5, 15 if morphology in ("cactus", "cauliflower") else 12))
-    for _ in range(n_ridges):
-        at = int(rng.integers(max(n_first + 2, int(0.25 * npts)), max(n_first + 3, int(0.92 * npts))))
-        at = min(at, npts - 1)
-        phi = rng.uniform(0, 2 * np.pi)
-        t = tans[at]
-        e1_, e2_ = e1s[at], np.cross(t, e1s[at])
-        rr = min(ra[at], rb[at])
-        wall = pts[at] + 1.0 * (ra[at] * math.cos(phi) * e1_ + rb[at] * math.sin(phi) * e2_)
-        circ = _unit(-ra[at] * math.sin(phi) * e1_ + rb[at] * math.cos(phi) * e2_)
-        dirn = _unit(circ + rng.uniform(-0.5, 0.5) * t)
-        half = 0.5 * rng.uniform(4.0, 10.0)
-        r_ridge = rng.uniform(0.5, 0.9) * min(1.0, rr / 5.0)
-        fld.subtract(RoundCone(wall - half * dirn, wall + half * dirn, r_ridge), 0.6)
+    trabeculae = _trabeculae(trab_rng, tubes, morphology)
 
     laa = _LAA(morphology=morphology, prims=prims)
     laa.ostium_point = ostium
@@ -280,7 +345,48 @@ def _sample_laa(rng: np.random.Generator, la: Ellipsoid, morphology: str, fld: F
     laa.length_mm = length
     laa.k_neck = k_neck
     laa.n_neck = n_neck
+    laa.mouth = mouth
+    laa.trabeculae = trabeculae
     return laa
+
+
+def _trabeculae(rng: np.random.Generator, tubes: list, morphology: str) -> list[Primitive]:
+    """Pectinate muscles and cords inside the cavity (not in the smooth neck).
+
+    Ridges run roughly around the wall, centred on it, so about half of each lies inside the cavity (the
+    rest is inside the wall, also myocardium); cords cross the distal lumen between two wall points. They
+    are painted at myocardial HU over the blood and change nothing of the cavity wall, which stays the
+    ground truth. ``tubes`` holds (points, tangents, e1, ra, rb, first index) of the main body and lobes.
+    """
+    out: list[Primitive] = []
+    lengths = np.array([max(len(t[0]) - t[5], 1) for t in tubes], float)
+    n_ridges = int(rng.integers(8, 26 if morphology in ("cactus", "cauliflower") else 20))
+    for _ in range(n_ridges):
+        pts, tans, e1s, ra, rb, first = tubes[int(rng.choice(len(tubes), p=lengths / lengths.sum()))]
+        npts = len(pts)
+        at = min(int(rng.integers(min(first, npts - 1), max(min(first, npts - 1) + 1, int(0.95 * npts)))), npts - 1)
+        phi = rng.uniform(0, 2 * np.pi)
+        t = tans[at]
+        e1_, e2_ = e1s[at], np.cross(t, e1s[at])
+        rr = min(ra[at], rb[at])
+        wall = pts[at] + ra[at] * math.cos(phi) * e1_ + rb[at] * math.sin(phi) * e2_
+        circ = _unit(-ra[at] * math.sin(phi) * e1_ + rb[at] * math.cos(phi) * e2_)
+        dirn = _unit(circ + rng.uniform(-0.6, 0.6) * t)
+        half = 0.5 * rng.uniform(4.0, 12.0)
+        r_ridge = rng.uniform(0.6, 1.6) * min(1.0, rr / 4.0)
+        out.append(RoundCone(wall - half * dirn, wall + half * dirn, r_ridge))
+    for _ in range(int(rng.integers(0, 5))):  # cords across the distal lumen
+        pts, tans, e1s, ra, rb, first = tubes[int(rng.integers(len(tubes)))]
+        npts = len(pts)
+        at = min(int(rng.integers(int(0.4 * npts), max(int(0.4 * npts) + 1, int(0.9 * npts)))), npts - 1)
+        e1_, e2_ = e1s[at], np.cross(tans[at], e1s[at])
+        phi = rng.uniform(0, 2 * np.pi)
+        dphi = rng.uniform(0.6, 1.0) * np.pi
+        a = pts[at] + 0.9 * (ra[at] * math.cos(phi) * e1_ + rb[at] * math.sin(phi) * e2_)
+        b = pts[at] + 0.9 * (ra[at] * math.cos(phi + dphi) * e1_ + rb[at] * math.sin(phi + dphi) * e2_)
+        b = b + tans[at] * rng.uniform(-3, 3)
+        out.append(RoundCone(a, b, rng.uniform(0.4, 0.9)))
+    return out
 
 
 def _laa_clear_of_plane(laa: _LAA) -> bool:
@@ -299,24 +405,35 @@ def _laa_clear_of_plane(laa: _LAA) -> bool:
     return True
 
 
-def _sample_anatomy(rng: np.random.Generator, morphology: str) -> _Anatomy:
-    """All structures of one patient in the heart frame, and their HU."""
+def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset[str] = frozenset()) -> _Anatomy:
+    """All structures of one patient in the heart frame, and their HU (see :mod:`.styles` for ``styles``).
+
+    Each style's own parameters come from a child generator drawn unconditionally here, so turning a
+    style off leaves every other draw of the case unchanged.
+    """
     J = lambda s: rng.normal(0, s, 3)
+    child = {name: np.random.default_rng(int(rng.integers(2 ** 62))) for name in
+             ("mouth", "trabeculae", "mixing", "la_lobes", "tight_neighbours", "trab_hu")}
+    blood = float(rng.uniform(150, 650))
     hu = {
-        "blood": float(rng.uniform(250, 450)),
-        "myocardium": float(rng.uniform(50, 120)),
-        "fat": float(rng.uniform(-115, -75)),
-        "lung": float(rng.uniform(-880, -800)),
-        "soft_tissue": float(rng.uniform(30, 60)),
-        "bone_cortical": float(rng.uniform(600, 1000)),
-        "bone_trabecular": float(rng.uniform(150, 300)),
-        "liver": float(rng.uniform(60, 120)),
+        "blood": blood,
+        "myocardium": float(rng.uniform(40.0, min(170.0, blood - 60.0))),
+        "fat": float(rng.uniform(-150, -50)),
+        "lung": float(rng.uniform(-950, -750)),
+        "soft_tissue": float(rng.uniform(20, 80)),
+        "bone_cortical": float(rng.uniform(500, 1200)),
+        "bone_trabecular": float(rng.uniform(120, 350)),
+        "liver": float(rng.uniform(50, 130)),
         "air": -1000.0,
     }
-    hu["blood_right"] = float(max(130.0, hu["blood"] * rng.uniform(0.55, 1.15)))
+    hu["blood_right"] = float(max(100.0, hu["blood"] * rng.uniform(0.4, 1.2)))
     hu["vessel_wall"] = hu["soft_tissue"]
     hu["pericardium"] = hu["soft_tissue"]
-    walls = {"la": float(rng.uniform(1.5, 3.0)), "lv": float(rng.uniform(8, 12)), "rv": float(rng.uniform(2.5, 4.0)),
+    hu["trabeculae"] = float(hu["myocardium"] * child["trab_hu"].uniform(0.8, 1.3))
+    tight = "tight_neighbours" in styles
+    tn = child["tight_neighbours"]
+    groove_mm, fat_mm, laa_fat_mm = tn.uniform(1.5, 4.0), tn.uniform(0.3, 2.0), tn.uniform(0.2, 1.5)
+    walls = {"la": float(rng.uniform(1.0, 3.0)), "lv": float(rng.uniform(8, 12)), "rv": float(rng.uniform(2.5, 4.0)),
              "ra": float(rng.uniform(1.5, 2.5)), "aorta": float(rng.uniform(1.5, 2.5)),
              "pa": float(rng.uniform(1.2, 2.0)), "pv": float(rng.uniform(0.8, 1.5)), "cava": 1.5}
 
@@ -325,7 +442,10 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str) -> _Anatomy:
     la = Ellipsoid(np.array([2.0, 28.0, 12.0]) + J(2.5),
                    (rng.uniform(26, 33), rng.uniform(17, 22), rng.uniform(20, 26)), _random_rotation(rng, 10))
     F["la"] = Field().union(la)
-    laa = _sample_laa(rng, la, morphology, F["la"])
+    mouth = "wide" if "wide_mouth" in styles else "narrow" if "narrow_neck" in styles else "standard"
+    laa = _sample_laa(rng, la, morphology, F["la"], mouth, child["mouth"], child["trabeculae"])
+    if "la_lobes" in styles:
+        _add_la_lobes(child["la_lobes"], la, laa, F["la"])
     # pulmonary veins
     F["pv"] = Field()
     pv_prims = []
@@ -384,7 +504,8 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str) -> _Anatomy:
     lm0 = root + ao_r * _unit([0.75, -0.45, 0.35])
     os_c, os_n = laa.ostium_point, laa.ostium_normal
     down = _unit(np.array([0, 0, -1.0]) - np.dot([0, 0, -1.0], os_n) * os_n)
-    groove = os_c + down * (0.5 * laa.target_short_mm + rng.uniform(5, 9)) + os_n * rng.uniform(-2, 1)
+    groove_gap = rng.uniform(5, 9)
+    groove = os_c + down * (0.5 * laa.target_short_mm + (groove_mm if tight else groove_gap)) + os_n * rng.uniform(-2, 1)
     lcx = np.array([lm0, lm0 + [8, -3, -1], groove - [6, 4, 0], groove, groove + [6, 14, -6], groove + [8, 30, -14]])
     lad = np.array([lm0 + [8, -3, -1], [14.0, -28, -2], lv_c + u_lv * 10 + [-12, -20, 0],
                     lv_c + u_lv * (lv_long + 2) + [-8, -14, 0]])
@@ -397,14 +518,16 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str) -> _Anatomy:
     cor_prims += _chain(rca, lambda s: r_cor * (1 - 0.2 * s), 1.0, F["coronary"])
 
     # epicardial fat: smooth envelope of the heart, thicker around the LAA and in the grooves
-    f = rng.uniform(3.0, 7.0)
+    f = rng.uniform(2.0, 8.0)
+    f = fat_mm if tight else f
     env = Field()
     for prim in [la.inflated(walls["la"] + f), Offset(lv_myo, f * 0.8), Offset(rv, walls["rv"] + f * 0.7),
                  ra_.inflated(walls["ra"] + f * 0.7)]:
         env.union(prim, 8.0)
     for prim in laa.prims:
         if isinstance(prim, Ellipsoid):
-            env.union(prim.inflated(walls["la"] + rng.uniform(2.5, 6.0)), 4.0)
+            laa_fat = rng.uniform(1.5, 6.0)
+            env.union(prim.inflated(walls["la"] + (laa_fat_mm if tight else laa_fat)), 4.0)
     for prim in ao_prims[:4] + pa_prims + pv_prims:
         env.union(Offset(prim, 4.0), 6.0)
     for prim in cor_prims:
@@ -468,8 +591,59 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str) -> _Anatomy:
     bg.append(_Paint(Field().union(Ellipsoid(liver_c, (110, 85, 55))), hu["liver"]))
     # descending aorta and the posterior mediastinum are painted with the heart layers
 
+    if "trabeculae" in styles and laa.trabeculae:
+        F["trabeculae"] = Field()
+        for prim in laa.trabeculae:
+            F["trabeculae"].union(prim, 0.5)
+    laa_blood = _opacification(child["mixing"], laa, hu["blood"], F["la"]) if "mixing" in styles else None
+
     heart_c = np.array([5.0, 0.0, 5.0])
     return _Anatomy(fields=F, laa=laa, hu=hu, walls=walls, background=bg, env=env, body_center=body_c,
                     heart_center=heart_c, la_center=la.center,
-                    blood_fields=["pv", "lv", "rv", "ra", "svc", "ivc", "aorta", "pa", "coronary"])
+                    blood_fields=["pv", "lv", "rv", "ra", "svc", "ivc", "aorta", "pa", "coronary"],
+                    styles=frozenset(styles), min_gap_mm=1.2 if tight else 2.2, laa_blood=laa_blood)
+
+
+def _add_la_lobes(rng: np.random.Generator, la: Ellipsoid, laa: _LAA, fld: Field) -> None:
+    """One to three bulges of the LA body, away from the appendage and behind its ostium plane."""
+    v_laa = _unit(laa.ostium_point - la.center)
+    for _ in range(int(rng.integers(1, 4))):
+        for _try in range(6):
+            v = _unit(rng.normal(size=3))
+            if float(np.dot(v, v_laa)) > 0.2:  # keep well away from the appendage
+                continue
+            surf = la.center + v / np.linalg.norm((la.rot.T @ v) / la.radii)
+            radii = rng.uniform(9.0, 17.0, 3)
+            bump = Ellipsoid(surf - v * rng.uniform(0.3, 0.6) * radii.min(), radii, _random_rotation(rng, 180))
+            support = float(np.linalg.norm(bump.radii * (bump.rot.T @ laa.ostium_normal)))
+            behind = float(np.dot(bump.center - laa.ostium_point, laa.ostium_normal)) + support
+            if behind > -4.0 or float(bump.eval_points(laa.lobe_points).min()) < 6.0:
+                continue
+            fld.union(bump, float(rng.uniform(5.0, 9.0)))
+            break
+
+
+def _opacification(rng: np.random.Generator, laa: _LAA, blood_hu: float, cavity: Field) -> _Paint:
+    """The "mixing" layer: LAA cavity blood with :class:`_Opacification` HU, painted over the LA blood."""
+    n = laa.ostium_normal
+    m = 6
+    dirs = rng.normal(size=(m, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    waves = dirs * (2 * np.pi / rng.uniform(5.0, 15.0, (m, 1)))
+    pts = laa.lobe_points[(laa.lobe_points - laa.ostium_point) @ n > 3.0]
+    pockets = []
+    for _ in range(int(rng.integers(0, 5))):
+        if len(pts):
+            c = pts[int(rng.integers(len(pts)))] + rng.normal(0, 1.5, 3)
+            pockets.append((c, float(rng.uniform(1.5, 4.0)), float(blood_hu - rng.uniform(50, 300))))
+    if laa.lobes > 1 and rng.random() < 0.35:  # a poorly filled lobe
+        tip = laa.lobe_points[-1]
+        pockets.append((tip, float(rng.uniform(4.0, 7.0)), float(rng.uniform(60, 200))))
+    opac = _Opacification(blood=blood_hu, origin=laa.ostium_point, normal=n, length=max(laa.length_mm, 10.0),
+                          dim=float(rng.uniform(0.1, 0.6)), power=float(rng.uniform(1.0, 3.0)), waves=waves,
+                          phases=rng.uniform(0, 2 * np.pi, m), swirl_hu=float(rng.uniform(20, 150)),
+                          pockets=pockets)
+    lo = np.min([p.lo for p in laa.prims], axis=0) - 3.0
+    hi = np.max([p.hi for p in laa.prims], axis=0) + 3.0
+    return _Paint(cavity, blood_hu, hu_map=opac, box=(lo, hi))
 

@@ -33,6 +33,7 @@ def _render_paints(vol: np.ndarray, grid: _Grid, paints: list[_Paint], blur_mm: 
             margin = max_off[key] + hw + p.fld.kmax + 2.0
             lo, hi = p.fld.bounds(margin)
             boxes[key] = grid.index_box(lo, hi)
+    own = {id(p): _intersect_box(boxes[id(p.fld)], grid.index_box(*p.box)) for p in paints if p.box is not None}
     for k0 in range(0, nk, slab):
         k1 = min(nk, k0 + slab)
         cache: dict[int, tuple[tuple, np.ndarray]] = {}
@@ -44,6 +45,13 @@ def _render_paints(vol: np.ndarray, grid: _Grid, paints: list[_Paint], blur_mm: 
             if key not in cache:
                 cache[key] = (region, _eval_field_grid(p.fld, grid, region, max_off[key] + hw + 2.0))
             region, f = cache[key]
+            if p.box is not None:  # a layer limited to its own box: paint only there
+                sub = _intersect_box(own[id(p)], region)
+                if sub is None:
+                    continue
+                f = f[sub[0] - region[0]:sub[1] - region[0], sub[2] - region[2]:sub[3] - region[2],
+                      sub[4] - region[4]:sub[5] - region[4]]
+                region = sub
             t = np.float32(p.offset) - f
             t *= np.float32(0.5 / hw)
             t += np.float32(0.5)
@@ -53,7 +61,7 @@ def _render_paints(vol: np.ndarray, grid: _Grid, paints: list[_Paint], blur_mm: 
             t += np.float32(3)
             w *= t  # smoothstep
             v = vol[region[0]:region[1], region[2]:region[3], region[4]:region[5]]
-            diff = np.float32(p.hu) - v
+            diff = (np.float32(p.hu) if p.hu_map is None else p.hu_map(*grid.coords(region))) - v
             diff *= w
             v += diff
         if progress is not None:
@@ -111,15 +119,20 @@ def _heart_paints(an: _Anatomy) -> list[_Paint]:
         _Paint(F["la"], hu["blood"]),
         _Paint(F["coronary"], hu["blood"]),
     ]
+    if an.laa_blood is not None:
+        paints.append(an.laa_blood)
     if "defect" in F:
         paints.append(_Paint(F["defect"], hu["filling_defect"]))
+    if "trabeculae" in F:
+        paints.append(_Paint(F["trabeculae"], hu["trabeculae"]))
     return paints
 
 
 # ========================================================================================= ground truth
 
 def _render_ct(rng, an: _Anatomy, spacing, d, origin, size_ijk, r_pat, t_pat, psf: float, noise_sigma: float,
-               progress: bool) -> Volume:
+               progress: bool, artefact_rng: np.random.Generator | None = None) -> Volume:
+    """Render the CT of ``an`` on the given LPS grid (heart frame -> LPS by ``r_pat``, ``t_pat``)."""
     from scipy import ndimage
 
     ni, nj, nk = (int(x) for x in size_ijk)
@@ -150,9 +163,11 @@ def _render_ct(rng, an: _Anatomy, spacing, d, origin, size_ijk, r_pat, t_pat, ps
     extra = math.sqrt(max(blur_z ** 2 - blur_xy ** 2, 0.0)) / spacing[2]
     if extra > 0.3:
         ndimage.gaussian_filter1d(vol, extra, axis=0, output=vol, mode="nearest")
+    if "artefacts" in an.styles:
+        _artefacts(artefact_rng if artefact_rng is not None else np.random.default_rng(0), vol, grid, spacing, an)
     # correlated noise: white noise low-passed in-plane (reconstruction kernel) and lightly across slices
     noise = rng.standard_normal(vol.shape, dtype=np.float32)
-    corr_mm = float(rng.uniform(0.5, 0.9))
+    corr_mm = float(rng.uniform(0.3, 1.5))
     sig = (0.35, corr_mm / spacing[1], corr_mm / spacing[0])
     gain = 1.0
     for ax, s in enumerate(sig):
@@ -166,3 +181,45 @@ def _render_ct(rng, an: _Anatomy, spacing, d, origin, size_ijk, r_pat, t_pat, ps
     np.rint(vol, out=vol)
     np.clip(vol, -1024, 3071, out=vol)
     return Volume(vol.astype(np.int16), spacing, origin, d)
+
+
+def _artefacts(rng: np.random.Generator, vol: np.ndarray, grid: _Grid, spacing: np.ndarray, an: _Anatomy) -> None:
+    """Streaks from dense contrast, slab-to-slab intensity steps and motion-blurred slabs (in place).
+
+    Streaks radiate in-plane from the superior vena cava (where undiluted contrast arrives) and fade
+    with distance and along the slice axis; slabs of 15-40 mm (gated acquisitions) get their own
+    contrast level, and some are blurred in-plane as by motion. None of them moves an edge, so the
+    ground truth stays exact.
+    """
+    from scipy import ndimage
+
+    nk, nj, ni = vol.shape
+    # streaks around the SVC
+    svc = an.fields["svc"].ops[0][1].center
+    ci, cj, ck = np.linalg.solve(grid.A, svc - grid.b)
+    y, x = np.mgrid[0:nj, 0:ni].astype(np.float32)
+    x = (x - np.float32(ci)) * np.float32(spacing[0])
+    y = (y - np.float32(cj)) * np.float32(spacing[1])
+    r = np.sqrt(x * x + y * y)
+    pattern = np.zeros((nj, ni), np.float32)
+    width = np.float32(rng.uniform(0.5, 1.5))
+    for theta in rng.uniform(0, np.pi, int(rng.integers(4, 12))):
+        d = x * np.float32(math.sin(theta)) - y * np.float32(math.cos(theta))
+        pattern += np.float32(rng.choice([-1, 1]) * rng.uniform(30, 150)) * np.exp(-0.5 * (d / width) ** 2)
+    pattern *= np.exp(-r / np.float32(rng.uniform(40, 120)))
+    zk = (np.arange(nk) - ck) * spacing[2]
+    along = np.exp(-0.5 * (zk / rng.uniform(20, 60)) ** 2).astype(np.float32)
+    for k in np.flatnonzero(along > 0.02):
+        vol[k] += pattern * along[k]
+    # slab steps and motion blur
+    slab = max(1, int(round(rng.uniform(15, 40) / spacing[2])))
+    for k0 in range(int(rng.integers(0, slab)) - slab, nk, slab):
+        a, b = max(k0, 0), min(k0 + slab, nk)
+        if b <= a:
+            continue
+        scale, offset = np.float32(rng.uniform(-0.06, 0.06)), np.float32(rng.uniform(-25, 25))
+        blur = rng.uniform(0.3, 1.0) if rng.random() < 0.4 else 0.0
+        part = vol[a:b]
+        part += offset + scale * np.maximum(part, 0)
+        if blur > 0:
+            ndimage.gaussian_filter(part, (0, blur / spacing[1], blur / spacing[0]), output=part)

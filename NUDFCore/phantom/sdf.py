@@ -294,6 +294,14 @@ class _Grid:
     def __post_init__(self) -> None:
         self.Ainv = np.linalg.inv(self.A)
 
+    def coords(self, region: tuple[int, int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Heart-frame x, y, z (float32 arrays shaped like the voxel box ``region``)."""
+        k0, k1, j0, j1, i0, i1 = region
+        k, j, i = np.meshgrid(np.arange(k0, k1, dtype=np.float32), np.arange(j0, j1, dtype=np.float32),
+                              np.arange(i0, i1, dtype=np.float32), indexing="ij")
+        A, b = self.A.astype(np.float32), self.b.astype(np.float32)
+        return tuple(A[r, 0] * i + A[r, 1] * j + A[r, 2] * k + b[r] for r in range(3))
+
     def index_box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int, int, int, int] | None:
         """(k0, k1, j0, j1, i0, i1) voxel box covering the heart-frame box [lo, hi], clipped; None if empty."""
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])

@@ -9,7 +9,6 @@ from ..io import make_polydata, polydata_points, polydata_triangles
 from .anatomy import _Anatomy, _Reject, _laa_clear_of_plane
 from .sdf import Field, _BIG, _MC_SPACING_MM, _Grid, _eval_field_grid, _translate, _unit
 
-_GAP_MM = 2.2  # minimum distance between the LAA lumen and any other blood pool
 
 
 @dataclass
@@ -110,6 +109,8 @@ def _marching_cubes_gt(an: _Anatomy) -> _GroundTruth:
     if laa.defect is not None:
         cand = cand[np.linalg.norm(cand - laa.defect[0], axis=1) > laa.defect[1] + 4.0]
     cand = cand[fld.eval_points(cand) < -1.0] if len(cand) else cand
+    if "trabeculae" in an.fields and len(cand):  # the seed sits in blood, not in a muscle
+        cand = cand[an.fields["trabeculae"].eval_points(cand) > 1.5]
     if len(cand) == 0:
         raise _Reject("no lumen point for the seed")
     dist, _ = point_to_mesh_distance(mesh, cand)
@@ -157,7 +158,7 @@ _MOVABLE = {"pv": ("pv",), "lv": ("lv", "lv_myo"), "rv": ("rv",), "ra": ("ra",),
 def _clear_laa_neighbours(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float = 8.0) -> str | None:
     """Keep other blood pools a wall's width from the LAA lumen, so the CT edge is the LAA's own.
 
-    A structure that comes closer than :data:`_GAP_MM` is moved away (up to ``max_shift_mm``), as the
+    A structure that comes closer than ``an.min_gap_mm`` is moved away (up to ``max_shift_mm``), as the
     LAA would push a neighbour aside; returns the name of one that could not be cleared, else None.
     """
     sub = gt_pts[:: max(1, len(gt_pts) // 4000)]
@@ -167,10 +168,10 @@ def _clear_laa_neighbours(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float 
         for _ in range(5):
             v = fld.eval_points(sub)
             worst = int(np.argmin(v))
-            if float(v[worst]) >= _GAP_MM:
+            if float(v[worst]) >= an.min_gap_mm:
                 break
             _, g = _value_and_gradient(fld, sub[worst:worst + 1])
-            shift = (_GAP_MM - float(v[worst]) + 0.4)
+            shift = (an.min_gap_mm - float(v[worst]) + 0.4)
             moved += shift
             if moved > max_shift_mm:
                 return name

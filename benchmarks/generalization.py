@@ -1,0 +1,166 @@
+"""Cross-domain benchmark: does a model segment LAAs from data unlike its training set? (prints Markdown tables)
+
+Not a test: it measures. Each *set* is a folder of cases (phantom cases, or a case made by ``nudf prepare`` from a
+label map) given as ``NAME=DIR``; every method is scored on every set with the same metrics:
+
+- MSD and HD95 (mm and in units of each CT's mean voxel spacing);
+- **precision** (% of the predicted surface within 3 mm of the ground truth) and **completeness** (% of the
+  ground-truth surface within 2 mm and 3 mm of the prediction): the generalisation failures seen so far are
+  partial surfaces (the LAA cut too early) and surfaces running on over the atrial wall, which a mean distance
+  hides and these two figures show;
+- false area (% of the predicted area farther than 3 mm from the ground truth) and failed cases.
+
+Methods: NUDF checkpoints (``--model NAME=CKPT``, repeatable; default: the bundled model) and, optionally, the
+3D U-Net baseline (``--unet CKPT`` from ``benchmarks/unet_baseline.py``; its surface is clipped at each case's
+*ground-truth* ostium plane, an advantage NUDF does not get: NUDF finds the ostium itself).
+
+The sets used in ``benchmarks/RESULTS.md`` come from ``benchmarks/train_bundled_model.sh`` (held-out phantoms of
+the training styles, and phantoms of the style held out of training), from the previous phantom generator (the
+old model's held-out cases) and from ``benchmarks/real_ct.py`` (the real CT, validation only: nothing is chosen
+by looking at it). Example::
+
+    python benchmarks/generalization.py --model new=runs/nudf_laa.pt --model old=old_model.pt \\
+        --set own=runs/phantoms_test --set held_out_style=runs/phantoms_narrow_neck \\
+        --set classic=runs/phantoms_classic_test --set real_ct=runs/real_ct/case --unet runs/unet/unet_laa.pt
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("cases", "MSD mm", "MSD vox", "HD95 mm", "HD95 vox", "precision 3 mm %", "completeness 2 mm %",
+           "completeness 3 mm %", "false area %", "failed")
+
+
+def _metrics_row(case, mesh, spacing: float, wall: float) -> dict:
+    from NUDFCore.metrics import surface_metrics
+
+    m = surface_metrics(mesh, case.load_mesh(), spacing_mm=spacing, case=case.case_dir.name)
+    return {"case": case.case_dir.name, "spacing": spacing, "msd": m.msd_mm, "hd95": m.hd95_mm,
+            "precision3": m.precision_3mm, "completeness2": m.completeness_2mm, "completeness3": m.completeness_3mm,
+            "false_area": 100 * m.false_area_fraction, "wall_s": wall}
+
+
+def score_nudf(case_dirs: list[Path], model: str | None, resolution: float, device: str) -> list[dict]:
+    from NUDFCore.data import load_case
+    from NUDFCore.infer import SegmentOptions, segment
+
+    rows = []
+    for d in case_dirs:
+        case = load_case(d)
+        ct = case.load_volume()
+        spacing = float(np.mean(ct.spacing))
+        t0 = time.perf_counter()
+        try:
+            r = segment(ct, seed_lps=case.seed_lps, model=model,
+                        options=SegmentOptions(resolution_mm=resolution, device=device))
+        except Exception as exc:  # a failed case is a result: count it, do not hide it
+            rows.append({"case": d.name, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"  {d.name}: FAILED {exc}", file=sys.stderr)
+            continue
+        rows.append(_metrics_row(case, r.mesh_lps, spacing, time.perf_counter() - t0))
+        _log(rows[-1])
+    return rows
+
+
+def score_unet(case_dirs: list[Path], ckpt: Path, device: str, crop_n: int = 64, crop_mm: float = 70.0) -> list[dict]:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from unet_baseline import build_unet, segment_case
+
+    from NUDFCore.crop import HUWindow
+    from NUDFCore.data import load_case
+
+    net = build_unet()
+    net.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"])
+    net = net.to(device).eval()
+    rows = []
+    for d in case_dirs:
+        case = load_case(d)
+        volume = case.load_volume()
+        mesh, wall = segment_case(net, case, volume, crop_n, crop_mm, HUWindow(), device)
+        if mesh is None:
+            rows.append({"case": d.name, "error": "no surface"})
+            continue
+        rows.append(_metrics_row(case, mesh, float(np.mean(volume.spacing)), wall))
+        _log(rows[-1])
+    return rows
+
+
+def _log(row: dict) -> None:
+    print(f"  {row['case']}: MSD {row['msd']:.2f} mm, HD95 {row['hd95']:.1f} mm, precision {row['precision3']:.0f} %, "
+          f"completeness {row['completeness2']:.0f} / {row['completeness3']:.0f} %", file=sys.stderr)
+
+
+def summary(rows: list[dict]) -> list[str]:
+    ok = [r for r in rows if "error" not in r]
+    failed = len(rows) - len(ok)
+    if not ok:
+        return [str(len(rows))] + ["—"] * (len(COLUMNS) - 2) + [str(failed)]
+    mean = lambda k: statistics.mean(r[k] for r in ok)  # noqa: E731
+    vox = lambda k: statistics.mean(r[k] / r["spacing"] for r in ok)  # noqa: E731
+    return [str(len(rows)), f"{mean('msd'):.3f}", f"{vox('msd'):.2f}", f"{mean('hd95'):.2f}", f"{vox('hd95'):.2f}",
+            f"{mean('precision3'):.1f}", f"{mean('completeness2'):.1f}", f"{mean('completeness3'):.1f}",
+            f"{mean('false_area'):.1f}", str(failed)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=DIR", required=True,
+                   help="a test set: a folder of case folders, or one case folder (repeatable)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=CKPT",
+                   help="a NUDF checkpoint to score (repeatable; default: the bundled model)")
+    p.add_argument("--unet", type=Path, default=None, help="also score this U-Net checkpoint (unet_baseline.py)")
+    p.add_argument("--resolution", type=float, default=0.25, help="NUDF surface grid in mm (default 0.25)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, default=None, help="write every per-case row here")
+    args = p.parse_args(argv)
+
+    from NUDFCore.data import looks_like_case
+    from NUDFCore.infer import default_model_path
+    from NUDFCore.model import resolve_device
+    from NUDFCore.provenance import model_sha256_prefix
+
+    device = str(resolve_device(args.device))
+    sets = {}
+    for spec in args.set:
+        name, _, folder = spec.partition("=")
+        folder = Path(folder)
+        if not folder.is_dir():
+            p.error(f"--set {spec}: {folder} is not a folder")
+        sets[name] = [folder] if looks_like_case(folder) else sorted(
+            d for d in folder.iterdir() if d.is_dir() and looks_like_case(d))
+    models = [tuple(m.partition("=")[::2]) for m in args.model] or [("bundled", str(default_model_path()))]
+    results: dict = {}
+    for mname, ckpt in models:
+        for sname, dirs in sets.items():
+            print(f"NUDF {mname} on {sname} ({len(dirs)} cases)", file=sys.stderr)
+            results[(f"NUDF {mname} ({Path(ckpt).name}, {model_sha256_prefix(ckpt)})", sname)] = score_nudf(
+                dirs, ckpt, args.resolution, device)
+    if args.unet is not None:
+        for sname, dirs in sets.items():
+            print(f"U-Net on {sname}", file=sys.stderr)
+            results[(f"3D U-Net ({args.unet.name})", sname)] = score_unet(dirs, args.unet, device)
+
+    print(f"\nGeneralisation benchmark, {dt.date.today().isoformat()}, NUDF surface grid {args.resolution} mm, "
+          f"device {device}\n")
+    print("| method | set | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(COLUMNS))
+    for (method, sname), rows in results.items():
+        print(f"| {method} | {sname} | " + " | ".join(summary(rows)) + " |")
+    if args.json:
+        args.json.write_text(json.dumps([{"method": m, "set": s, "rows": r} for (m, s), r in results.items()],
+                                        indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
