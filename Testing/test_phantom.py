@@ -16,11 +16,21 @@ from NUDFCore.errors import InputError, OutputExistsError
 from NUDFCore.frames import lps_to_ras
 
 SEED = 4  # a compact case without filling defect, tilted direction matrix
+#: every domain-randomisation style off: a clean lumen, so the CT edge can be checked against the GT exactly
+PLAIN = phantom.style_probabilities(exclude=list(phantom.STYLES))
+#: only the styles that change intensities inside an unchanged cavity
+INTENSITY_ONLY = phantom.style_probabilities(exclude=["wide_mouth", "narrow_neck", "la_lobes", "tight_neighbours",
+                                                      "thick_slices"], only=["mixing", "trabeculae", "artefacts"])
 
 
 @pytest.fixture(scope="module")
 def case() -> phantom.PhantomCase:
-    return phantom.generate_case(SEED, size="compact")
+    return phantom.generate_case(SEED, size="compact", styles=PLAIN)
+
+
+@pytest.fixture(scope="module")
+def styled(case) -> phantom.PhantomCase:
+    return phantom.generate_case(SEED, size="compact", styles=INTENSITY_ONLY)
 
 
 def _sample_ct(volume: io.Volume, points_lps: np.ndarray) -> np.ndarray:
@@ -55,13 +65,13 @@ def _inside_capped(mesh: vtk.vtkPolyData, centre: np.ndarray, points: np.ndarray
 
 
 def test_same_seed_same_case_and_different_seeds_differ(case):
-    again = phantom.generate_case(SEED, size="compact")
+    again = phantom.generate_case(SEED, size="compact", styles=PLAIN)
     assert again.volume.array.dtype == np.int16
     np.testing.assert_array_equal(again.volume.array, case.volume.array)
     np.testing.assert_array_equal(io.polydata_points(again.mesh_lps), io.polydata_points(case.mesh_lps))
     np.testing.assert_array_equal(again.volume.direction_lps, case.volume.direction_lps)
     assert again.meta == case.meta
-    other = phantom.generate_case(SEED + 3, size="compact")
+    other = phantom.generate_case(SEED + 3, size="compact", styles=PLAIN)
     assert other.meta["seed_lps"] != case.meta["seed_lps"]
     assert other.volume.array.shape != case.volume.array.shape or not np.array_equal(
         other.volume.array, case.volume.array)
@@ -144,17 +154,18 @@ def test_ct_intensities_and_geometry_are_plausible(case):
     a = case.volume.array
     assert a.min() >= -1024 and a.max() <= 3071
     hu = m["hu"]
-    assert 250 <= hu["blood"] <= 450 and 50 <= hu["myocardium"] <= 120
-    assert -120 <= hu["fat"] <= -70 and -900 <= hu["lung"] <= -800
-    assert 15 <= hu["noise_sigma"] <= 40 and 0.5 <= hu["psf_mm"] <= 0.8
+    assert 150 <= hu["blood"] <= 650 and 40 <= hu["myocardium"] <= min(170, hu["blood"] - 60)
+    assert -150 <= hu["fat"] <= -50 and -950 <= hu["lung"] <= -750
+    assert 10 <= hu["noise_sigma"] <= 70 and 0.4 <= hu["psf_mm"] <= 1.1
     sp = np.array(m["spacing"])
-    assert 0.3 <= sp[0] == sp[1] <= 0.8 and 0.5 <= sp[2] <= 2.5
+    assert 0.3 <= sp[0] == sp[1] <= 0.8 and 0.5 <= sp[2] <= 3.0
     np.testing.assert_allclose(case.volume.spacing, sp)
     assert list(case.volume.size_ijk) == m["size_ijk"]
     fov = sp * (np.array(m["size_ijk"]) - 1)
     assert np.all((fov > 100) & (fov < 140))  # compact: ~110-130 mm
     # lung, fat and contrast blood all present; noise of the stated size in a flat region (lung)
-    assert np.mean(a < -700) > 0.02 and np.mean(a > 200) > 0.02 and np.mean((a > -140) & (a < -50)) > 0.01
+    assert np.mean(a < -700) > 0.02 and np.mean(a > 0.6 * hu["blood"]) > 0.02
+    assert np.mean((a > hu["fat"] - 30) & (a < hu["fat"] + 30)) > 0.01
     assert abs(abs(np.linalg.det(case.volume.direction_lps)) - 1) < 1e-9
 
 
@@ -167,7 +178,7 @@ def test_orientation_spacing_and_field_of_view_vary_with_the_seed():
     assert any(np.any(np.diag(d) < 0) for d in dirs)  # axis flips
     for spacing, d, origin, size_ijk, r_pat, t_pat in grids:
         np.testing.assert_allclose(d.T @ d, np.eye(3), atol=1e-9)
-        assert 0.3 <= spacing[0] <= 0.8 and 0.5 <= spacing[2] <= 2.5
+        assert 0.3 <= spacing[0] <= 0.8 and 0.5 <= spacing[2] <= 3.0
         assert tuple(size_ijk[:2]) == (512, 512) and 80 <= size_ijk[2] <= 280
         # the whole LAA is inside the field of view
         pts_lps = gt.points @ r_pat.T + t_pat
@@ -233,3 +244,62 @@ def test_full_size_case_is_fast_and_small():
     assert elapsed < 25.0, f"full-size phantom took {elapsed:.1f} s"
     assert peak < 4e9, f"peak memory {peak / 1e9:.2f} GB"
     assert big.volume.contains_lps(np.array(big.meta["seed_lps"])[None])[0]
+
+
+# ------------------------------------------------------------------------------------ domain randomisation
+def test_styles_can_be_held_out_or_forced_and_bad_names_are_refused():
+    out = phantom.style_probabilities(exclude=["narrow_neck"])
+    forced = phantom.style_probabilities(only=["narrow_neck", "mixing"])
+    drawn_out = [phantom.draw_styles(np.random.default_rng(s), out) for s in range(60)]
+    drawn_forced = [phantom.draw_styles(np.random.default_rng(s), forced) for s in range(60)]
+    assert not any("narrow_neck" in d for d in drawn_out)
+    assert all({"narrow_neck", "mixing"} <= d and "wide_mouth" not in d for d in drawn_forced)
+    # every style does occur with the defaults, and the two mouth shapes never together
+    default = [phantom.draw_styles(np.random.default_rng(s), phantom.STYLES) for s in range(60)]
+    assert set().union(*default) == set(phantom.STYLES)
+    assert not any({"wide_mouth", "narrow_neck"} <= d for d in default)
+    with pytest.raises(InputError, match="Unknown phantom style"):
+        phantom.style_probabilities(exclude=["banana"])
+    with pytest.raises(InputError, match="both excluded and forced"):
+        phantom.style_probabilities(exclude=["mixing"], only=["mixing"])
+    with pytest.raises(InputError, match="wide mouth and a narrow neck"):
+        phantom.style_probabilities(only=["wide_mouth", "narrow_neck"])
+
+
+def test_intensity_styles_change_the_ct_but_not_the_cavity_wall(case, styled):
+    """Trabeculae, mixing and artefacts live inside an unchanged cavity: same GT mesh, different CT."""
+    assert {"mixing", "trabeculae", "artefacts"} <= set(styled.meta["styles"]) and not case.meta["styles"]
+    np.testing.assert_array_equal(io.polydata_points(styled.mesh_lps), io.polydata_points(case.mesh_lps))
+    np.testing.assert_array_equal(io.polydata_triangles(styled.mesh_lps), io.polydata_triangles(case.mesh_lps))
+    assert styled.volume.array.shape == case.volume.array.shape
+    # inside the cavity, 1 mm from its wall: the plain lumen is blood; with trabeculae and mixing it is darker
+    mesh = case.mesh_lps
+    pts, normals = io.polydata_points(mesh), _vertex_normals(mesh)
+    o, n = np.array(case.meta["ostium_center_lps"]), np.array(case.meta["ostium_normal_lps"])
+    deep = (pts - o) @ n
+    distal = np.flatnonzero(deep > 0.5 * deep.max())[::5]
+    plain_in = _sample_ct(case.volume, pts[distal] - 1.0 * normals[distal])
+    styled_in = _sample_ct(styled.volume, pts[distal] - 1.0 * normals[distal])
+    assert np.median(plain_in) > 0.8 * case.meta["hu"]["blood"]
+    assert np.median(styled_in) < np.median(plain_in) - 0.1 * (case.meta["hu"]["blood"] - case.meta["hu"]["myocardium"])
+    assert np.std(styled_in) > 1.5 * np.std(plain_in)
+
+
+def test_a_held_out_style_leaves_the_other_draws_of_the_seed():
+    """Excluding a style does not change the seed's morphology or its other styles (a held-out test set
+    differs from the training distribution in that style only)."""
+    with_neck = phantom.generate_case(7, size="compact", styles=phantom.style_probabilities(only=["narrow_neck"]))
+    without = phantom.generate_case(7, size="compact", styles=phantom.style_probabilities(exclude=["narrow_neck"]))
+    assert with_neck.meta["mouth"] == "narrow" and without.meta["mouth"] != "narrow"
+    assert with_neck.meta["morphology"] == without.meta["morphology"]
+    assert set(with_neck.meta["styles"]) - {"narrow_neck", "wide_mouth"} == set(without.meta["styles"]) - {"wide_mouth"}
+    assert 10.0 <= with_neck.meta["laa"]["ostium_short_axis_mm"] <= with_neck.meta["laa"]["ostium_long_axis_mm"] <= 36.0
+
+
+def test_phantom_cli_refuses_an_unknown_style(tmp_path, capsys):
+    from NUDFCore.cli import main
+
+    assert main(["phantom", "--out", str(tmp_path / "p"), "--exclude-style", "banana"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "banana" in err
+    assert not (tmp_path / "p").exists()

@@ -409,7 +409,7 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
     """All structures of one patient in the heart frame, and their HU (see :mod:`.styles` for ``styles``).
 
     Each style's own parameters come from a child generator drawn unconditionally here, so turning a
-    style off leaves every other draw of the case unchanged.
+    style off leaves the other draws of this anatomy unchanged.
     """
     J = lambda s: rng.normal(0, s, 3)
     child = {name: np.random.default_rng(int(rng.integers(2 ** 62))) for name in

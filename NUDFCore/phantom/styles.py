@@ -7,8 +7,9 @@ nuisances into named styles lets an experiment *hold one out*: generate the trai
 probability at 0 and test on cases that have it (``--exclude-style`` / ``--only-style``).
 
 Each style is drawn independently per case with the probability in :data:`STYLES`; a case records the
-styles it drew in ``meta.json`` (``"styles"``). Every draw happens whatever the probabilities are, so the
-same seed with a style excluded gives the same case apart from that style.
+styles it drew in ``meta.json`` (``"styles"``). The styles take a fixed number of random draws whatever the
+probabilities, so excluding a style changes neither the seed's morphology nor its other styles (the anatomy can
+still differ: a different mouth can make the generator redraw the LAA).
 
 Styles
 ------
