@@ -21,25 +21,34 @@ How a case is made
   cauliflower 3 %) are drawn **uniformly** by default (:data:`MORPHOLOGY_SAMPLING`): a model has to see the
   rare shapes often enough to learn them, and all four appear within a few seeds. Each LAA is a chain of
   overlapping ellipsoids along a bent centreline (oval cross-section at the ostium, long axis 15-30 mm,
-  length 20-45 mm), secondary lobes/lobules, outer lobulations and pectinate-muscle-like ridges
-  subtracted from the lumen. The LAA is smooth-unioned with the LA body, so it opens into the LA lumen
-  and the wall (the lumen field offset by 1.5-3 mm) continues around the neck.
+  length 20-45 mm), secondary lobes/lobules and outer lobulations; its mouth is standard, wide and tapered,
+  or narrowed to a waist. The LAA is smooth-unioned with the LA body, so it opens into the LA lumen and
+  the wall (the cavity field offset by 1-3 mm) continues around the neck.
+* **Domain randomisation** (:mod:`.styles`): everything that does not define the LAA varies per case --
+  every tissue's HU (blood pool 150-650 HU), noise, PSF, slices, and named styles drawn independently:
+  inhomogeneous opacification, trabeculae inside the cavity, mouth shapes, lobulated LA, close
+  neighbours, artefacts, thick slices. A style can be held out of a training set or forced in a test set.
 * **Ostium plane**: tangent to the LA ellipsoid at the attachment point, pushed 1.5-3 mm outwards. The LA
   ellipsoid is convex, so it lies entirely on the LA side; the LAA is kept on the appendage side.
-* **Ground truth**: marching cubes of the *analytic* LA+LAA field (0.4 mm grid, only around the LAA),
+* **Ground truth** is the LAA **cavity wall** (the endocardial envelope; trabeculae and contrast pockets
+  lie inside it, as in radiologists' and TotalSegmentator's labels): marching cubes of the *analytic*
+  LA+LAA cavity field (0.4 mm grid, only around the LAA),
   vertices projected onto the exact zero level by Newton steps (|field| < 0.01 mm), cut exactly at the
   ostium plane and kept on the appendage side: an open mesh with one boundary loop, triangles wound with
   normals pointing out of the lumen. It never comes from the CT voxels.
-* **CT render**: layers painted back to front (air, body, lung, bones, fat, walls, blood, filling defect),
-  each blended with a smooth step of its SDF whose width matches the PSF (0.5-0.8 mm) plus in-plane voxel
-  averaging, so a structure's edge (50 % level) sits exactly at SDF = 0. Thick slices get an extra blur
-  along the slice axis. Background layers (body, lungs, bones) are drawn on a ~1.5 mm grid and upsampled.
-  Correlated noise (Gaussian-filtered white noise, sigma 15-40 HU) is added; voxels are int16 HU.
+* **CT render** (:mod:`.render`, the whole intensity model): layers painted back to front (air, body, lung,
+  bones, fat, walls, blood, LAA opacification, filling defect, trabeculae), each blended with a smooth step
+  of its SDF whose width matches the PSF (0.4-1.1 mm) plus in-plane voxel averaging, so a structure's edge
+  (50 % level) sits exactly at SDF = 0 where nothing is painted over it. Thick slices get an extra blur
+  along the slice axis; artefacts (streaks, slab steps, motion blur) change intensities, never edges.
+  Background layers (body, lungs, bones) are drawn on a ~1.5 mm grid and upsampled. Correlated noise
+  (Gaussian-filtered white noise, sigma 10-70 HU, correlation 0.3-1.5 mm) is added; voxels are int16 HU.
 * **Geometry**: in-plane spacing 0.3-0.8 mm, slices 0.5-2.5 mm (65 % cardiac CTA 0.5-1.0 mm, 35 % routine
-  chest 1-2.5 mm), a random patient pose, a random direction matrix (60 % tilted up to 20 degrees, 25 %
+  chest 1-2.5 mm; 1.5-3 mm with the thick-slice style), a random patient pose, a random direction matrix (60 % tilted up to 20 degrees, 25 %
   with axis flips) and a random origin. ``size="full"``: 512x512 in-plane (FOV = 512 x spacing) and
   ~80-280 slices; ``size="compact"``: a 110-130 mm field of view around the LA/LAA (fast datasets).
-* Every random choice comes from ``np.random.default_rng(seed)``: the same seed gives the same case.
+* Every random choice comes from ``np.random.default_rng(seed)``: the same seed (and style probabilities)
+  gives the same case.
 
 Frames: the CT is stored with its LPS geometry; the mesh and all ``*_lps`` metadata are LPS mm,
 ``seed_ras`` is :func:`NUDFCore.frames.lps_to_ras` of ``seed_lps``.
