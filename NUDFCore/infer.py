@@ -161,14 +161,54 @@ _HU_CONTRAST_MIN = 100.0  # and tissue/contrast brighter than this
 _SEED_AIR_HU = -300.0  # a seed darker than this (mean of its neighbourhood) is in lung/air
 #: A network whose distances never fall below this near the seed has not found a surface there.
 _MAX_FIELD_FLOOR_MM = 1.0
+#: A seed closer than this to the image border has part of its LAA cut off (measured to the outer voxel faces).
+MIN_SEED_EDGE_MM = 10.0
+#: The share of the network's crop cube that must lie inside the image (outside reads as air to the network).
+MIN_CROP_INSIDE = 0.5
+
+
+def _fmt_point(values) -> str:
+    """A point for a message: 0.1 mm, and e-notation for absurd values (1e308 stays 1e+308, not inf)."""
+    return "[" + ", ".join(f"{v:.1f}" if abs(v) < 1e6 else f"{v:.3g}" for v in np.asarray(values, float).ravel()) + "]"
+
+
+def _blank_end_slices(arr: np.ndarray) -> int:
+    """How many of the last slices (highest k: the end of the file) hold one single value.
+
+    A truncated file that a reader zero-filled (SimpleITK does so for NIfTI, Slicer loads through it)
+    ends in such slices; a real CT has noise in every slice.
+    """
+    n = 0
+    for k in range(arr.shape[0] - 1, -1, -1):
+        if arr[k].min() != arr[k].max():
+            break
+        n += 1
+    return n
 
 
 def check_ct_plausible(ct: Volume) -> None:
-    """Refuse images that cannot be a CT in HU (an MR image, a mask, a normalised array)."""
+    """Refuse images that cannot be a CT in HU (an MR image, a mask, a normalised array), and damaged
+    ones: non-finite voxels, blank slices at the end of the file (a truncated, zero-filled file)."""
     arr = ct.array
+    if arr.dtype.kind == "f":
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad == arr.size:
+            raise SegmentationError("Every voxel of this image is NaN or infinite: it holds no CT data.")
+        if bad:
+            raise SegmentationError(
+                f"{bad} voxels of this image are NaN or infinite ({100.0 * bad / arr.size:.2g} %): a damaged or "
+                "wrongly converted CT. Replace them (e.g. by -1024 HU) or export the CT again.")
+    blank = _blank_end_slices(arr)
+    if 0 < blank < arr.shape[0]:
+        raise SegmentationError(
+            f"The last {blank} of the {arr.shape[0]} slices of this CT (k = {arr.shape[0] - blank}..{arr.shape[0] - 1}) "
+            f"all hold the single value {float(arr[-1].flat[0]):g}: the file looks truncated and zero-filled by its "
+            "reader. Copy or export the CT again (or crop the blank slices away).")
     step = max(1, int(round((arr.size / 2e6) ** (1 / 3))))
     sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float32)
     p1, p99 = np.percentile(sample, [1, 99])
+    if p1 == p99:
+        raise SegmentationError(f"This image is blank (its voxels are all about {p1:g}): it holds no CT data.")
     if not (p1 <= _HU_AIR_MAX and p99 >= _HU_CONTRAST_MIN):
         raise SegmentationError(
             "This image does not look like a CT in Hounsfield units (1st/99th percentiles "
@@ -198,12 +238,14 @@ def resolve_seed(ct: Volume, seed_lps=None, seed_ras=None) -> np.ndarray:
     except (ValueError, TypeError) as exc:
         raise InputError(f"The seed must be three numbers (x, y, z in mm); got {raw!r}.") from exc
     if not np.all(np.isfinite(seed)):
-        raise InputError(f"The seed must be finite; got {raw!r}.")
-    if not bool(ct.contains_lps(seed)):
+        raise InputError(f"The seed must be finite; got {_fmt_point(np.asarray(raw, float))}.")
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 / 0.5 mm overflows: outside, not a warning
+        inside = bool(ct.contains_lps(seed))
+    if not inside:
         lo, hi = ct.bounds_lps()
         raise InputError(
-            f"The seed {np.round(seed, 1).tolist()} (LPS) lies outside the CT volume "
-            f"(LPS bounds {np.round(lo, 1).tolist()} .. {np.round(hi, 1).tolist()})."
+            f"The seed {_fmt_point(seed)} (LPS) lies outside the CT volume "
+            f"(LPS bounds {_fmt_point(lo)} .. {_fmt_point(hi)})."
         )
     hu = _seed_hu(ct, seed)
     if hu < _SEED_AIR_HU:
@@ -212,6 +254,37 @@ def resolve_seed(ct: Volume, seed_lps=None, seed_ras=None) -> np.ndarray:
             "the contrast-filled left atrial appendage."
         )
     return seed
+
+
+def _face_name(ct: Volume, axis: int, high: bool) -> str:
+    """'the i = 0 face (right)': a face of the voxel grid, with the anatomical side it faces."""
+    outward = ct.direction_lps[:, axis] * (1.0 if high else -1.0)
+    a = int(np.argmax(np.abs(outward)))
+    side = (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))[a][int(outward[a] > 0)]
+    return f"the {'ijk'[axis]} = {ct.size_ijk[axis] - 1 if high else 0} face ({side})"
+
+
+def check_seed_clearance(ct: Volume, seed_lps: np.ndarray, crop_center_lps: np.ndarray, crop_size_mm: float) -> None:
+    """Refuse a seed on or near the image border, or a crop that lies mostly outside the image.
+
+    The network reads the outside of the image as air: with the seed on an edge it finds a shred of surface
+    far from the LAA and the run "succeeds". Raises :class:`InputError` giving the distance to the edge.
+    """
+    ijk = ct.lps_to_index(np.asarray(seed_lps, dtype=np.float64))
+    n = np.array(ct.size_ijk, dtype=np.float64)
+    low, high = (ijk + 0.5) * ct.spacing, (n - 0.5 - ijk) * ct.spacing  # mm to the outer voxel faces
+    axis, is_high = min(((a, h) for a in range(3) for h in (False, True)), key=lambda ah: (high if ah[1] else low)[ah[0]])
+    edge_mm = float((high if is_high else low)[axis])
+    half = 0.5 * float(crop_size_mm)
+    t = (np.arange(12) + 0.5) / 12.0 * 2.0 - 1.0  # 12^3 cell centres of the crop cube
+    grid = np.stack(np.meshgrid(t, t, t, indexing="ij"), axis=-1).reshape(-1, 3)
+    inside = float(np.mean(ct.contains_lps(np.asarray(crop_center_lps, dtype=np.float64) + half * grid)))
+    if edge_mm < MIN_SEED_EDGE_MM or inside < MIN_CROP_INSIDE:
+        raise InputError(
+            f"The seed is {edge_mm:.1f} mm from the edge of the image ({_face_name(ct, axis, is_high)}) and "
+            f"{100 * inside:.0f} % of the {crop_size_mm:.0f} mm cube the network reads lies inside it; NUDF needs "
+            f"the seed at least {MIN_SEED_EDGE_MM:.0f} mm inside and {100 * MIN_CROP_INSIDE:.0f} % of the cube in "
+            "the image. Place the seed inside the LAA, or use a CT whose field of view contains the whole LAA.")
 
 
 # ------------------------------------------------------------------------------------------- memory
@@ -367,8 +440,8 @@ def segment(
     with stages.stage("check"):
         if not isinstance(ct, Volume):
             raise InputError(f"ct must be a NUDFCore.io.Volume; got {type(ct).__name__}.")
+        check_ct_plausible(ct)  # first: a blank (zero-filled) slab would otherwise read as "seed in air"
         seed = resolve_seed(ct, seed_lps=seed_lps, seed_ras=seed_ras)
-        check_ct_plausible(ct)
     with stages.stage("load model"):
         device = resolve_device(opts.device)
         net = load_model(model, device)
@@ -387,6 +460,7 @@ def segment(
         region = subvolume_around(ct, seed[None], margin_mm=size_mm)
 
     centre = np.asarray(opts.crop_center_lps, dtype=np.float64).reshape(3) if opts.crop_center_lps is not None else seed
+    check_seed_clearance(ct, seed, centre, size_mm)
     passes = 2 if (opts.two_pass and opts.crop_center_lps is None) else 1
     h = float(opts.resolution_mm)
     n_queries = n_grad = n_dense = 0

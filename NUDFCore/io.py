@@ -608,9 +608,10 @@ def write_mesh(
     """Write an LPS mesh to STL/VTP/OBJ/PLY/VTK with its points in ``frame`` (LPS by default).
 
     The frame is recorded as Slicer does (``SPACE=LPS`` in the STL header / a ``SPACE`` field-data
-    string), and the file appears only once completely written: VTK's writers do not all report a full
-    disk (PLY and OBJ claim success, STL can abort the process), so the free space is checked first and
-    the written file is checked before it takes the final name.
+    string), and the file appears only once completely written. VTK's writers do not all report a full
+    disk (PLY and OBJ claim success, STL can abort the process), so the free space is checked first, VTP
+    and VTK files are rendered in memory and written by Python (which raises on a full disk), and STL, PLY
+    and OBJ files are checked from their bytes before they take the final name.
     """
     frame = check_frame(frame)
     p = check_output_path(path, MESH_EXTENSIONS, overwrite)
@@ -638,35 +639,61 @@ def write_mesh(
     elif ext == ".ply":
         writer.AddComment(tag)
     with atomic_output(p, overwrite=overwrite) as tmp:
-        writer.SetFileName(str(tmp))
         writer.SetInputData(data)
-        ok = writer.Write()
-        code = writer.GetErrorCode()
-        if not ok or code:
-            reason = os.strerror(code) if 0 < code < 20000 else vtk.vtkErrorCode.GetStringFromErrorCode(code)
-            raise OutputWriteError(f"Cannot write {p}: {reason or 'the VTK writer failed'}.")
+        if ext in (".vtp", ".vtk"):  # rendered in memory, written by Python: a full disk raises OSError
+            writer.WriteToOutputStringOn()
+            _check_vtk_writer(writer, writer.Write(), p)
+            text = writer.GetOutputStdString() if ext == ".vtk" else writer.GetOutputString()
+            tmp.write_bytes(text.encode())
+            return p
+        writer.SetFileName(str(tmp))
+        _check_vtk_writer(writer, writer.Write(), p)
         if ext == ".obj":  # vtkOBJWriter writes no header: prepend a comment with the frame
             body = tmp.read_bytes()
             tmp.write_bytes(f"# {tag}\n".encode() + body)
-        _check_written_mesh(tmp, ext, data.GetNumberOfCells(), p)
+        if not _mesh_file_complete(tmp, ext, data):
+            raise OutputWriteError(f"Cannot write {p}: the written file is incomplete (disk full?).")
     return p
 
 
-def _check_written_mesh(tmp: Path, ext: str, n_cells: int, p: Path) -> None:
-    """Refuse a mesh file that came out short (a full disk that the VTK writer did not report)."""
+def _check_vtk_writer(writer: vtk.vtkWriter, ok: int, p: Path) -> None:
+    code = writer.GetErrorCode()
+    if not ok or code:
+        reason = os.strerror(code) if 0 < code < 20000 else vtk.vtkErrorCode.GetStringFromErrorCode(code)
+        raise OutputWriteError(f"Cannot write {p}: {reason or 'the VTK writer failed'}.")
+
+
+#: Bytes of the PLY scalar types.
+_PLY_TYPE_BYTES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+                   "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _mesh_file_complete(path: Path, ext: str, data: vtk.vtkPolyData) -> bool:
+    """Whether a file that VTK wrote holds all of ``data``, judged from its bytes: VTK's STL, PLY and OBJ
+    writers do not report a full disk, and its PLY reader crashes on a truncated file."""
+    raw = path.read_bytes()
     if ext == ".stl":  # binary STL: 80-byte header, uint32 triangle count, 50 bytes per triangle
-        size = tmp.stat().st_size
-        with open(tmp, "rb") as f:
-            f.seek(80)
-            count = struct.unpack("<I", f.read(4))[0] if size >= 84 else 0
-        complete = count > 0 and size == 84 + 50 * count
-    else:
-        reader = _mesh_reader(ext)
-        reader.SetFileName(str(tmp))
-        reader.Update()
-        complete = reader.GetOutput().GetNumberOfCells() == n_cells
-    if not complete:
-        raise OutputWriteError(f"Cannot write {p}: the written file is incomplete (disk full?).")
+        count = struct.unpack_from("<I", raw, 80)[0] if len(raw) >= 84 else 0
+        return count > 0 and len(raw) == 84 + 50 * count
+    if ext == ".obj":  # one 'v' line per point and one 'f' line per polygon, the last line complete
+        return (raw.endswith(b"\n") and raw.count(b"\nv ") == data.GetNumberOfPoints()
+                and raw.count(b"\nf ") == data.GetNumberOfPolys())
+    end = raw.find(b"end_header\n")  # binary PLY: the header says how many bytes follow
+    if end < 0:
+        return False
+    size, element = 0, ("", 0)
+    for parts in (line.split() for line in raw[:end].decode("ascii", "replace").splitlines()):
+        if parts[:1] == ["element"] and len(parts) == 3:
+            element = (parts[1], int(parts[2]))
+        elif parts[:2] == ["property", "list"] and element[0] == "face" and data.GetNumberOfStrips() == 0:
+            polys = data.GetPolys()
+            size += (polys.GetNumberOfCells() * _PLY_TYPE_BYTES[parts[2]]
+                     + polys.GetNumberOfConnectivityIds() * _PLY_TYPE_BYTES[parts[3]])
+        elif parts[:1] == ["property"] and len(parts) == 3 and parts[1] in _PLY_TYPE_BYTES:
+            size += element[1] * _PLY_TYPE_BYTES[parts[1]]
+        elif parts[:1] == ["property"] or parts[:2] == ["format", "ascii"]:
+            return True  # a layout this check does not know: nothing to compare with
+    return len(raw) == end + len(b"end_header\n") + size
 
 
 def _mesh_reader(ext: str):
