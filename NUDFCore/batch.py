@@ -198,7 +198,7 @@ def read_manifest(path: str | os.PathLike) -> list[CaseSpec]:
     seen: set[str] = set()
     for n, row in enumerate(rows, start=1):
         case_id = str(row.get("case_id") or "").strip()
-        if not _CASE_ID.match(case_id):
+        if not _CASE_ID.match(case_id) or case_id.lower() == SUMMARY_FILE:
             raise InputError(
                 f"{p}, case {n}: case_id {case_id!r} cannot name a folder (use letters, digits, '.', '_', '-', "
                 "starting with a letter or digit, at most 128 characters)."
@@ -539,7 +539,7 @@ def _dask(todo: list[CaseSpec], settings: BatchSettings, workers: int,
         if scheduler:
             try:
                 client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise InputError(f"Cannot reach the Dask scheduler at {scheduler}: {_one_line(exc)}") from exc
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)

@@ -86,6 +86,7 @@ def test_manifest_csv_and_jsonl_resolve_paths_and_frames(tmp_path):
     ("case_id,ct,seed_lps\na,a.nii,\"1,2,3\"\na,b.nii,\"1,2,3\"\n", "appears more than once"),
     ("case_id,ct,seed_lps\n../evil,a.nii,\"1,2,3\"\n", "cannot name a folder"),
     ("case_id,ct,seed_lps\n.hidden,a.nii,\"1,2,3\"\n", "cannot name a folder"),
+    ("case_id,ct,seed_lps\nsummary.csv,a.nii,\"1,2,3\"\n", "cannot name a folder"),
 ])
 def test_manifest_problems_are_refused_before_any_work(tmp_path, text, message):
     manifest = tmp_path / "m.csv"
