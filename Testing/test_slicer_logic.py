@@ -1,7 +1,9 @@
-"""The Slicer Logic on real MRML (slicer-core): volume/seed conversion, model output, STL export frames,
-parameter node save/reload, install planning and the background runner's process handling.
+"""The Slicer Logic on real MRML (slicer-core): volume/seed conversion and the refusal of unusable inputs,
+model output, STL export frames, parameter node save/reload, install planning, the background runner's
+process handling and the run controller (delivery, cancel, scene close, in-process runs).
 
-These need no trained model; the end-to-end runs are in test_slicer_segment.py.
+These need no trained model (a stub engine or a fake worker stands in); the end-to-end runs are in
+test_slicer_segment.py.
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "NUDFSegmentation"))
+from slicer_test_support import require_slicer_core
 
-slicer = pytest.importorskip("slicer")
+slicer = require_slicer_core()  # the MRML tier must not vanish: no slicer-core is an error, not a skip
 
 from NUDFCore.errors import InputError, MeshIOError, OutputExistsError, SegmentationError  # noqa: E402
 from NUDFCore.frames import lps_to_ras  # noqa: E402
@@ -33,9 +34,21 @@ from NUDFSegmentationLib import (  # noqa: E402
     planInstall,
 )
 from NUDFSegmentationLib.BackgroundSegmentation import parseLine, summaryText  # noqa: E402
-from NUDFSegmentationLib.InstallLogic import ENGINE_DEPENDENCIES, Dependency, executeInstall  # noqa: E402
-from NUDFSegmentationLib.SegmentationLogic import loadModelFile, updateModelNode, volumeFromNode  # noqa: E402
-from NUDFSegmentationLib.SelfTest import addSeedNode, loadVolumeNode, makeScene  # noqa: E402
+from NUDFSegmentationLib.InstallLogic import (  # noqa: E402
+    ENGINE_DEPENDENCIES,
+    PROTECTED_PACKAGES,
+    Dependency,
+    executeInstall,
+    protectedPins,
+)
+from NUDFSegmentationLib.RunController import RunController, panelState  # noqa: E402
+from NUDFSegmentationLib.SegmentationLogic import (  # noqa: E402
+    getProvenance,
+    loadModelFile,
+    updateModelNode,
+    volumeFromNode,
+)
+from NUDFSegmentationLib.SelfTest import addSeedNode, loadVolumeNode, makeScene, stubSegment  # noqa: E402
 
 # An oblique, anisotropic CT: any slip in axis order, direction or LPS/RAS shows up in the numbers.
 DIRECTION = np.array([[0.0, 1.0, 0.0], [0.8, 0.0, 0.6], [0.6, 0.0, -0.8]])
@@ -111,6 +124,62 @@ def test_volume_and_seed_errors_are_typed(scene, ct_file):
         SegmentationLogic(scene).seedFromNode(empty)
     with pytest.raises(InputError):
         SegmentationLogic(scene).seedRas([1.0, float("nan"), 2.0])
+
+
+def _vector_volume(scene, ct_file):
+    """An RGB-like 3-component volume node with the CT's geometry (what a screenshot or colour map gives)."""
+    from vtk.util import numpy_support
+
+    ct = loadVolumeNode(scene, ct_file)
+    image = vtk.vtkImageData()
+    image.SetDimensions(ct.GetImageData().GetDimensions())
+    scalars = numpy_support.numpy_to_vtk(np.zeros((image.GetNumberOfPoints(), 3), np.uint8), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "RGB")
+    node.SetAndObserveImageData(image)
+    return node
+
+
+def test_unusable_inputs_are_refused_with_one_clear_sentence_and_nothing_runs(scene, ct_file):
+    """Issue 14: not a scalar volume, a non-linear parent transform, an empty seed list or one with several
+    points: the logic, the parameters (Segment button tooltip) and the controller all refuse with the
+    same sentence, before any work (no worker, no model node)."""
+    ct = loadVolumeNode(scene, ct_file, "CT")
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "Warp")
+    warped = loadVolumeNode(scene, ct_file, "Warped CT")
+    warped.SetAndObserveTransformNodeID(grid.GetID())
+    one = addSeedNode(scene, lps_to_ras(read_volume(ct_file).index_to_lps(np.array([10, 8, 6]))))
+    two = addSeedNode(scene, (0.0, 0.0, 0.0), "Two points")
+    two.AddControlPoint(1.0, 2.0, 3.0)
+    empty = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Empty")
+    cases = [
+        (_vector_volume(scene, ct_file), one, "RGB is a vector/tensor (e.g. RGB) volume, not a scalar (CT) volume"),
+        (warped, one, "under a non-linear transform (Warp); harden the transform first"),
+        (ct, empty, "the point list Empty is empty"),
+        (ct, two, "The point list Two points holds 2 points; the seed must be exactly one point"),
+    ]
+    logic = SegmentationLogic(scene, segmentFunction=stubSegment)
+    params = NUDFParameters.getParameterNode(scene)
+    params.set("runInBackground", True)
+    controller = RunController(logic, scheduler=None)
+    for volume, seed, expected in cases:
+        with pytest.raises(InputError) as err:
+            logic.segmentVolumeNode(volume, seed)
+        assert expected in str(err.value) and "\n" not in str(err.value)
+        params.setNode("InputVolume", volume)
+        params.setNode("Seed", seed)
+        assert any(expected in p for p in params.problems())
+        state = panelState(params, controller)
+        assert not state.applyEnabled and expected in state.applyToolTip
+        with pytest.raises(InputError) as err:
+            controller.start(params)
+        assert expected in str(err.value)
+        assert controller.state == "idle" and controller.worker is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == 0
+    # the same inputs, fixed, are accepted
+    params.setNode("InputVolume", ct)
+    params.setNode("Seed", one)
+    assert params.problems() == [] and panelState(params, controller).applyEnabled
 
 
 def test_seed_from_node_is_world_ras(scene):
@@ -266,31 +335,50 @@ def test_parameter_node_survives_scene_save_and_reload(scene, ct_file, tmp_path)
 
 # ------------------------------------------------------------------------------------- dependencies
 def test_install_plan_never_touches_slicer_packages():
-    missing = [Dependency("torch", "torch", "2.2"), Dependency("skimage", "scikit-image", "0.21"),
-               Dependency("numpy", "numpy", "1.24")]
-    plan = planInstall(missing, pytorchUtilsAvailable=True)
+    missing = [Dependency("torch", "torch", "2.2"), Dependency("psutil", "psutil", "5.9"),
+               Dependency("numpy", "numpy", "1.24"), Dependency("scipy", "scipy", "1.10")]
+    plan = planInstall(missing, pytorchUtilsAvailable=True, constraints=["numpy==1.26.4", "scipy==1.11.1"])
     assert plan.torchViaPyTorchUtils and not plan.torchViaPip
-    assert plan.pipRequirements == ["scikit-image>=0.21"]
-    assert plan.blocked == ["numpy>=1.24"]
+    assert plan.pipRequirements == ["psutil>=5.9"]
+    assert plan.blocked == ["numpy>=1.24", "scipy>=1.10"]  # Slicer's own: never installed by us
     assert "PyTorch Utils" in plan.describe() and "will not be modified" in plan.describe()
-    plan2 = planInstall(missing[:2], pytorchUtilsAvailable=False)
+    plan2 = planInstall(missing[:2], pytorchUtilsAvailable=False, constraints=["numpy==1.26.4", "scipy==1.11.1"])
     assert plan2.torchViaPip and not plan2.torchViaPyTorchUtils and not plan2.blocked
-    installed: list[str] = []
-    executeInstall(plan2, installed.append)
-    assert installed == ["torch>=2.2", "scikit-image>=0.21"]
+    calls: list[tuple[list[str], str]] = []
+    executeInstall(plan2, lambda args: calls.append((args, Path(args[2]).read_text())))
+    # each pip call carries a constraints file holding Slicer's packages at their installed versions
+    assert [args[:2] for args, _ in calls] == [["torch>=2.2", "--constraint"], ["psutil>=5.9", "--constraint"]]
+    assert all(text == "numpy==1.26.4\nscipy==1.11.1\n" for _, text in calls)
+    assert not Path(calls[0][0][2]).exists()  # the temporary constraints file is removed
     with pytest.raises(RuntimeError, match="too old"):
-        executeInstall(plan, installed.append, installTorchWithPyTorchUtils=lambda: object())
+        executeInstall(plan, lambda args: None, installTorchWithPyTorchUtils=lambda: object())
     assert planInstall([], True).empty
+
+
+def test_protected_pins_cover_every_slicer_package_installed_here():
+    pins = dict(p.split("==") for p in protectedPins())
+    import importlib.metadata as md
+
+    for name in ("numpy", "scipy", "SimpleITK", "vtk"):
+        assert name in PROTECTED_PACKAGES and pins[name] == md.version(name)
+
+
+def test_the_module_installs_exactly_the_engine_runtime_requirements():
+    """Mirrors NUDFCore.RUNTIME_REQUIREMENTS (what segmentation imports, checked in test_slicer_cmake.py):
+    no phantom, training, report or terminal packages go into Slicer."""
+    from NUDFCore import RUNTIME_REQUIREMENTS
+
+    assert [(d.module, d.distribution, d.minimumVersion) for d in ENGINE_DEPENDENCIES] == list(RUNTIME_REQUIREMENTS)
+    assert not {d.module for d in ENGINE_DEPENDENCIES} & {"skimage", "tqdm", "monai", "dask"}
 
 
 def test_missing_dependencies_detects_absent_and_old_versions():
     assert missingDependencies() == []  # this environment has the engine's dependencies
-    fake = (Dependency("torch", "torch", "2.2"), Dependency("skimage", "scikit-image", "0.21"),
+    fake = (Dependency("torch", "torch", "2.2"), Dependency("psutil", "psutil", "5.9"),
             Dependency("vtk", "vtk", "9.3"))
-    versions = {"torch": "1.13.1+cu117", "skimage": None, "vtk": "0"}
+    versions = {"torch": "1.13.1+cu117", "psutil": None, "vtk": "0"}
     missing = missingDependencies(fake, lambda d: versions[d.module])
-    assert [d.module for d in missing] == ["torch", "skimage"]  # vtk bundled without metadata counts as present
-    assert {d.module for d in ENGINE_DEPENDENCIES} >= {"torch", "skimage"}
+    assert [d.module for d in missing] == ["torch", "psutil"]  # vtk bundled without metadata counts as present
 
 
 # ------------------------------------------------------------------------------------- worker protocol
@@ -362,15 +450,147 @@ def test_background_cancel_kills_the_process_tree(tmp_path, scene, ct_file):
     assert scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == 0
 
 
+# ------------------------------------------------------------------------------------- run controller
+class _FakeWorker(BackgroundSegmentation):
+    """The real runner driving FAKE_WORKER (a child process, progress lines) instead of the engine."""
+
+    script: Path = Path()
+
+    def start(self, volumeNode, seed_ras, **options) -> None:
+        import tempfile
+
+        self.workDir = Path(tempfile.mkdtemp(prefix="NUDFSegmentation-"))
+        self.startCommand([sys.executable, str(self.script)])
+
+
+def _ready_parameters(scene, ct_file, **values) -> NUDFParameters:
+    params = NUDFParameters.getParameterNode(scene)
+    volume = loadVolumeNode(scene, ct_file, "CT")
+    params.setNode("InputVolume", volume)
+    params.setNode("Seed", addSeedNode(scene, lps_to_ras(read_volume(ct_file).index_to_lps(np.array([10, 8, 6])))))
+    for name, value in values.items():
+        params.set(name, value)
+    return params
+
+
+def _fake_run(tmp_path, scene, ct_file):
+    """A controller running FAKE_WORKER with a manual scheduler; returns (controller, events, polls, params)."""
+    _FakeWorker.script = tmp_path / "fake_worker.py"
+    _FakeWorker.script.write_text(FAKE_WORKER)
+    params = _ready_parameters(scene, ct_file)
+    polls: list = []
+    controller = RunController(SegmentationLogic(scene), scheduler=lambda ms, cb: polls.append(cb), workerFactory=_FakeWorker)
+    events: list = []
+    controller.addListener(events.append)
+    controller.start(params)
+    return controller, events, polls, params
+
+
+def _pump(polls, until, timeout=30.0) -> None:
+    """Run the scheduled polls (what Qt's timer does in Slicer) until ``until()`` holds."""
+    t0 = time.time()
+    while polls and not until() and time.time() - t0 < timeout:
+        polls.pop(0)()
+        time.sleep(0.02)
+
+
+def test_controller_cancel_kills_the_process_tree_and_delivers_nothing(tmp_path, scene, ct_file):
+    import json
+
+    import psutil
+
+    controller, events, polls, params = _fake_run(tmp_path, scene, ct_file)
+    assert controller.running and events[0].kind == "started" and len(polls) == 1
+    assert panelState(params, controller).applyText == "Cancel"
+    worker = controller.worker
+    _pump(polls, lambda: sum(e.kind == "progress" for e in events) >= 3 and worker.logLines)
+    child_pid = json.loads(worker.logLines[0])["pid_child"]
+    state = panelState(params, controller)
+    assert state.progressVisible and state.progressFormat == "surface: %p%" and not state.inputsEnabled
+    parent_pid, work = worker.process.pid, worker.workDir
+    controller.cancel()
+    assert controller.state == "cancelled" and events[-1].kind == "cancelled" and controller.statusText == "Cancelled."
+    for pid in (parent_pid, child_pid):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, f"{pid} survived"
+    assert not work.exists()
+    _pump(polls, lambda: False)  # a timer still pending after the cancel finds nothing to do
+    assert not polls and scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == 0
+    assert panelState(params, controller).applyText == "Segment LAA"
+
+
+def test_closing_the_scene_cancels_the_run(tmp_path, scene, ct_file):
+    import psutil
+
+    controller, events, polls, params = _fake_run(tmp_path, scene, ct_file)
+    pid = controller.worker.process.pid
+    scene.Clear(0)
+    assert controller.state == "cancelled" and events[-1].kind == "cancelled"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_in_process_run_delivers_to_the_scene_and_cancels_at_a_progress_step(scene, ct_file):
+    from NUDFCore.errors import SegmentationCancelled
+
+    def steppingStub(ct, *, options=None, **kw):
+        for i in range(4):
+            options.progress("surface", i / 4)
+            if options.cancel():
+                raise SegmentationCancelled("Segmentation cancelled.")
+        return stubSegment(ct, options=options, **kw)
+
+    params = _ready_parameters(scene, ct_file, runInBackground=False, resolutionMm=0.5)
+    pumped: list[int] = []
+    controller = RunController(SegmentationLogic(scene, segmentFunction=steppingStub), scheduler=None,
+                               processEvents=lambda: pumped.append(1))
+    events: list = []
+    controller.addListener(events.append)
+    controller.start(params)
+    assert [e.kind for e in events] == ["started"] + ["progress"] * 4 + ["done"] and len(pumped) == 4
+    model = scene.GetNodeByID(events[-1].modelNodeID)
+    assert params.getNode("OutputModel") is model and model.GetName() == "CT LAA"
+    assert getProvenance(model)["resolution_mm"] == 0.5 and panelState(params, controller).exportEnabled
+
+    events.clear()
+    params.setNode("OutputModel", None)
+    controller.addListener(lambda e: controller.cancel() if e.kind == "progress" else None)
+    controller.start(params)
+    assert [e.kind for e in events] == ["started", "progress", "cancelled"] and controller.state == "cancelled"
+    assert scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == 1  # only the first run's model
+
+
+def test_a_failing_listener_does_not_stop_delivery(scene, ct_file):
+    params = _ready_parameters(scene, ct_file, runInBackground=False)
+    controller = RunController(SegmentationLogic(scene, segmentFunction=stubSegment), scheduler=None)
+
+    def brokenPanel(event):  # e.g. a panel whose Qt widgets were deleted
+        raise RuntimeError("underlying C++ object has been deleted")
+
+    controller.addListener(brokenPanel)
+    controller.start(params)
+    assert controller.state == "done" and params.getNode("OutputModel") is not None
+
+
 def test_background_failure_reports_the_engine_error(tmp_path, scene, ct_file):
-    volume = loadVolumeNode(scene, ct_file)
-    worker = BackgroundSegmentation()
-    # an implausible CT (noise, no air/contrast) and a broken model: the CLI must fail with a typed error
+    """An implausible CT (noise) and a broken model: the real engine process fails with its typed one-line
+    error, which the controller reports without the CLI prefix; nothing reaches the scene, temporary files
+    are gone."""
     bad_model = tmp_path / "bad.pt"
     bad_model.write_bytes(b"not a checkpoint")
-    with pytest.raises(SegmentationError) as err:
-        worker.run(volume, (0.0, 0.0, 0.0), modelPath=str(bad_model), device="cpu")
-    assert worker.state == "failed"
-    assert str(err.value).startswith("nudf segment: error:")  # the engine's typed one-line error
-    assert not worker.workDir.exists()  # temporary NRRD removed
+    params = _ready_parameters(scene, ct_file, modelPath=str(bad_model), device="cpu")
+    workers: list[BackgroundSegmentation] = []
+
+    def factory() -> BackgroundSegmentation:
+        workers.append(BackgroundSegmentation())
+        return workers[-1]
+
+    controller = RunController(SegmentationLogic(scene), scheduler=None, workerFactory=factory)
+    events: list = []
+    controller.addListener(events.append)
+    controller.start(params)
+    assert controller.wait(timeout=120) == "failed"
+    failed = events[-1]
+    assert failed.kind == "failed" and not failed.message.startswith("nudf") and "\n" not in failed.message
+    assert "does not look like a CT" in failed.message  # the engine's first check: this noise is no CT
+    assert controller.statusText == f"Failed: {failed.message}"
+    assert not workers[0].workDir.exists()  # temporary NRRD removed
     assert scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == 0

@@ -1,5 +1,6 @@
 """End to end through Slicer's MRML (slicer-core): a phantom CT loaded as a scalar volume node, a markups
-seed in RAS, the Logic in-process and the background worker, the model node, and the STL export.
+seed in RAS, the Logic in-process and a background run owned by the RunController (delivered to the scene
+after the panel and the parameter node are gone), the model node and its provenance, and the STL export.
 
 Uses the lead's session fixtures ``phantom_case`` (case_dir with ct.nii.gz, laa.vtp, meta.json) and
 ``model_path`` (the bundled model, which has not seen that phantom) from Testing/conftest.py.
@@ -7,23 +8,28 @@ Uses the lead's session fixtures ``phantom_case`` (case_dir with ct.nii.gz, laa.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import vtk
+from slicer_test_support import require_slicer_core
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "NUDFSegmentation"))
-
-slicer = pytest.importorskip("slicer")
+slicer = require_slicer_core()  # the MRML tier must not vanish: no slicer-core is an error, not a skip
 
 from NUDFCore import meshtools  # noqa: E402
 from NUDFCore.frames import lps_to_ras  # noqa: E402
 from NUDFCore.io import polydata_points, read_mesh  # noqa: E402
-from NUDFSegmentationLib import BackgroundSegmentation, NUDFParameters, SegmentationLogic, exportModelToFile  # noqa: E402
+from NUDFCore.provenance import FIELDS, model_sha256_prefix, read_provenance  # noqa: E402
+from NUDFSegmentationLib import (  # noqa: E402
+    BackgroundSegmentation,
+    NUDFParameters,
+    RunController,
+    SegmentationLogic,
+    exportModelToFile,
+)
+from NUDFSegmentationLib.SegmentationLogic import getProvenance  # noqa: E402
 from NUDFSegmentationLib.SelfTest import addSeedNode, loadVolumeNode, makeScene  # noqa: E402
 
 #: Resolution of these runs: coarser than the 0.25 mm default to keep CPU tests quick.
@@ -69,6 +75,18 @@ def test_logic_creates_a_displayed_model_node(segmented):
     assert "surface" in segmented["stages"] and "post-process" in segmented["stages"]
 
 
+def test_model_node_carries_the_provenance_of_the_run(segmented, case, model_path):
+    record = getProvenance(segmented["model"])
+    assert set(record) == set(FIELDS)
+    assert record["engine"] == "NUDFCore" and record["model_file"] == Path(model_path).name
+    assert record["model_sha256"] == model_sha256_prefix(model_path)
+    np.testing.assert_allclose(record["seed_ras"], case["seed_ras"], atol=1e-9)
+    np.testing.assert_allclose(record["seed_lps"], case["seed_lps"], atol=1e-9)
+    assert record["resolution_mm"] == RESOLUTION_MM and record["options"]["device"] == "cpu"
+    assert Path(record["input_file"]) == case["ct"].resolve()
+    assert record["created_utc"].endswith("Z")
+
+
 def test_model_points_mapped_to_lps_equal_the_engine_mesh(segmented):
     engine_lps = polydata_points(segmented["result"].mesh_lps)
     model_ras = polydata_points(segmented["model"].GetPolyData())
@@ -101,46 +119,76 @@ def test_exported_stl_is_in_the_requested_frame(segmented, tmp_path, frame):
     np.testing.assert_allclose(pts.max(0), expected.max(0), atol=1e-3)
 
 
-def test_background_worker_end_to_end(case, model_path):
+def test_background_run_reaches_the_scene_after_the_panel_and_parameters_are_gone(case, model_path, tmp_path):
+    """The user starts a background run and leaves the module: the panel stops listening and the parameter
+    node is even removed. The controller, polled by its timer, still puts the model into the scene, with the
+    right points and the worker's provenance (the same fields as ``nudf segment``'s sidecar)."""
     scene = makeScene()
     volume = loadVolumeNode(scene, case["ct"], "PhantomCT")
     params = NUDFParameters.getParameterNode(scene)
     params.setNode("InputVolume", volume)
     params.setNode("Seed", addSeedNode(scene, case["seed_ras"]))
-    events = []
-    worker = BackgroundSegmentation()
-    model = worker.run(
-        volume, case["seed_ras"], scene=scene, onEvent=events.append,
-        modelPath=str(model_path), device="cpu", resolutionMm=RESOLUTION_MM,
-    )
-    progress = [e for e in events if e.kind == "progress"]
-    assert worker.state == "done" and len(progress) >= 5
-    assert {"check", "load model", "encode"} <= {e.stage for e in progress}
-    assert worker.summary and worker.summary["quality"]["n_faces"] == model.GetPolyData().GetNumberOfCells()
-    assert model.GetDisplayNode() is not None and model.GetName() == "PhantomCT LAA"
+    params.set("modelPath", str(model_path))
+    params.set("device", "cpu")
+    params.set("resolutionMm", RESOLUTION_MM)
+    work = tmp_path / "work"  # kept after the run, to read the worker's sidecar
+    timers: list = []
+    controller = RunController(SegmentationLogic(scene), scheduler=lambda ms, callback: timers.append(callback),
+                               workerFactory=lambda: BackgroundSegmentation(workDir=work))
+    panel: list = []
+    controller.addListener(panel.append)
+    controller.start(params)
+    assert controller.running and panel[-1].kind == "started"
+
+    controller.removeListener(panel.append)  # the panel is gone (module left, widget deleted)...
+    scene.RemoveNode(params.node)  # ...and so is the parameter node
+    del params
+    t0 = time.time()
+    while timers and time.time() - t0 < 180:  # Qt's single-shot timer in Slicer
+        timers.pop(0)()
+        time.sleep(0.05)
+    assert controller.state == "done", controller.statusText
+    assert len(panel) == 1  # nobody listened, and the delivery did not need anyone
+    models = [scene.GetNthNodeByClass(i, "vtkMRMLModelNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLModelNode"))]
+    assert [m.GetName() for m in models] == ["PhantomCT LAA"]
+    model = models[0]
+    assert model.GetDisplayNode() is not None and model.GetPolyData().GetNumberOfPoints() > 100
     gt_lps = read_mesh(case["laa"])
     mesh_lps = SegmentationLogic(scene).meshLpsFromModelNode(model)
     d = meshtools.point_to_mesh_distance(gt_lps, polydata_points(mesh_lps))[0]
     assert float(np.mean(d)) < MAX_MEAN_DISTANCE_MM
-    assert not worker.workDir.exists()  # temporary NRRD/VTP removed
+    record = getProvenance(model)
+    sidecar = read_provenance(work / "laa.json")
+    assert tuple(sidecar) == FIELDS and set(record) == set(FIELDS)
+    assert Path(record.pop("input_file")) == case["ct"].resolve()  # the user's file, not the worker's copy
+    assert Path(sidecar.pop("input_file")).parent == work
+    assert record == sidecar
+    np.testing.assert_allclose(record["seed_ras"], case["seed_ras"], atol=1e-5)
+    assert controller.statusText.startswith("Done:")
 
 
-def test_background_cancel_stops_the_real_engine(case, model_path):
+def test_cancel_stops_the_real_engine(case, model_path):
     import psutil
 
     scene = makeScene()
     volume = loadVolumeNode(scene, case["ct"], "PhantomCT")
-    worker = BackgroundSegmentation()
-    worker.start(volume, case["seed_ras"], modelPath=str(model_path), device="cpu", resolutionMm=0.25)
+    params = NUDFParameters.getParameterNode(scene)
+    params.setNode("InputVolume", volume)
+    params.setNode("Seed", addSeedNode(scene, case["seed_ras"]))
+    params.set("modelPath", str(model_path))
+    params.set("device", "cpu")
+    controller = RunController(SegmentationLogic(scene), scheduler=None)
+    events: list = []
+    controller.addListener(events.append)
+    controller.start(params)
+    worker = controller.worker
     t0 = time.time()
-    seen = []
-    while worker.isRunning() and not any(e.kind == "progress" and e.stage == "encode" for e in seen) and time.time() - t0 < 120:
-        seen += worker.poll()
+    while controller.poll() and not any(e.kind == "progress" and e.stage == "encode" for e in events) and time.time() - t0 < 120:
         time.sleep(0.05)
-    assert worker.isRunning(), f"the run ended before it could be cancelled: {worker.errorLines[-3:]}"
+    assert controller.running, f"the run ended before it could be cancelled: {controller.statusText}"
     pid, out, work = worker.process.pid, worker.outputPath, worker.workDir
-    worker.cancel()
-    assert worker.state == "cancelled"
+    controller.cancel()
+    assert controller.state == "cancelled" and events[-1].kind == "cancelled"
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not out.exists() and not work.exists()
     assert scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == 0

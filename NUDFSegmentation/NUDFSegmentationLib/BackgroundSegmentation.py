@@ -3,10 +3,11 @@
 Protocol (``python -m NUDFCore segment ... --progress-format json``): stdout lines starting with ``{`` are
 JSON, either ``{"stage": ..., "fraction": ...}`` or, last, ``{"done": true, "summary": {...}}``; other
 lines are log text; errors go to stderr with a non-zero exit code. The CT goes out as NRRD, the mesh comes
-back as VTP (tagged RAS) and is loaded with Slicer's model storage node.
+back as VTP (tagged RAS) with its provenance sidecar (``laa.json``) and is loaded with Slicer's model
+storage node.
 
-Plain Python (subprocess, threads, queue, psutil): the widget drains :meth:`poll` from a QTimer; scripts
-and tests can call :meth:`run`, which blocks.
+Plain Python (subprocess, threads, queue, psutil): :class:`~NUDFSegmentationLib.RunController` drains
+:meth:`poll` on a timer; scripts and tests can call :meth:`run`, which blocks.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ import numpy as np
 
 from NUDFCore.errors import InputError, SegmentationError
 from NUDFCore.frames import lps_to_ras
+from NUDFCore.provenance import read_provenance, sidecar_path
 
-from .SegmentationLogic import loadModelFile, volumeFromNode
+from .SegmentationLogic import loadModelFile, setProvenance, volumeFromNode, volumeInputFile, volumeProblem
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,9 @@ class BackgroundSegmentation:
         """Export the CT and launch the worker; returns at once."""
         if self.state == "running":
             raise SegmentationError("A segmentation is already running; cancel it first.")
+        problem = volumeProblem(volumeNode)
+        if problem:  # refuse before writing anything
+            raise InputError(problem)
         if self._ownWorkDir:
             self.workDir = Path(tempfile.mkdtemp(prefix="NUDFSegmentation-"))
         self.workDir.mkdir(parents=True, exist_ok=True)
@@ -362,13 +367,23 @@ class BackgroundSegmentation:
         self.state = "cancelled"
         self.cleanup()
 
-    def loadResult(self, scene, outputModelNode=None, name: str = "LAA"):
-        """Load the finished mesh into a model node (RAS) with the LAA display; raises on failure."""
+    def loadResult(self, scene, outputModelNode=None, name: str = "LAA", inputFile: str | None = None):
+        """Load the finished mesh into a model node (RAS) with the LAA display; raises on failure.
+
+        The worker's provenance sidecar becomes the node's ``NUDF.*`` attributes, its ``input_file`` replaced
+        by ``inputFile`` (the worker only saw a temporary copy of the CT).
+        """
         if self.state != "done":
             raise SegmentationError(
                 self.errorMessage if self.state == "failed" else f"No result to load (state: {self.state})."
             )
-        return loadModelFile(scene, self.outputPath, outputModelNode, name)
+        node = loadModelFile(scene, self.outputPath, outputModelNode, name)
+        sidecar = sidecar_path(self.outputPath)
+        if sidecar.is_file():
+            record = read_provenance(sidecar)
+            record["input_file"] = inputFile
+            setProvenance(node, record)
+        return node
 
     def cleanup(self) -> None:
         """Remove the temporary folder (only one this runner created)."""
@@ -398,7 +413,8 @@ class BackgroundSegmentation:
                     return None
                 time.sleep(pollInterval)
             scene = scene if scene is not None else volumeNode.GetScene()
-            return self.loadResult(scene, outputModelNode, name=f"{volumeNode.GetName()} LAA")
+            return self.loadResult(scene, outputModelNode, name=f"{volumeNode.GetName()} LAA",
+                                   inputFile=volumeInputFile(volumeNode))
         finally:
             if self.state != "running":
                 self.cleanup()

@@ -1,19 +1,30 @@
 """What the engine needs that this Python lacks, and how to get it — decided here, asked in the widget.
 
 Slicer users' most common complaints about AI extensions are installs that replace Slicer's own numpy,
-SimpleITK or vtk, and a CPU torch where a CUDA one was wanted. So: nothing is installed at import time;
-torch goes through the PyTorch Utils extension when it is there (it picks the matching CUDA build); other
-packages go through pip one by one; Slicer's bundled core packages are never touched.
+SciPy, SimpleITK or vtk, and a CPU torch where a CUDA one was wanted. So: nothing is installed at import
+time; only what segmentation imports is installed (``NUDFCore.RUNTIME_REQUIREMENTS``, the engine's one
+declaration: no phantom, training or report packages); torch goes through the PyTorch Utils extension when
+it is there (it picks the matching CUDA build); other packages go through pip one by one, with a constraints
+file that pins every Slicer package already installed, so pip can neither upgrade nor replace them as a
+side effect; Slicer's bundled packages are never installed by us.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
-#: Packages that ship with Slicer and must never be (re)installed by this extension.
-PROTECTED_PACKAGES: frozenset[str] = frozenset({"numpy", "vtk", "SimpleITK"})
+from NUDFCore import RUNTIME_REQUIREMENTS
+
+#: Distributions that ship with Slicer's Python (its SuperBuild's python-* projects and the VTK/ITK
+#: wrappings): never installed, upgraded or replaced by this extension.
+PROTECTED_PACKAGES: frozenset[str] = frozenset({
+    "numpy", "scipy", "SimpleITK", "vtk", "pip", "setuptools", "wheel", "packaging", "requests", "urllib3",
+    "certifi", "idna", "charset-normalizer", "pydicom", "dicomweb-client", "six", "python-dateutil",
+})
 
 
 @dataclass(frozen=True)
@@ -29,16 +40,11 @@ class Dependency:
         return f"{self.distribution}>={self.minimumVersion}"
 
 
-ENGINE_DEPENDENCIES: tuple[Dependency, ...] = (
-    Dependency("numpy", "numpy", "1.24"),
-    Dependency("vtk", "vtk", "9.3"),
-    Dependency("SimpleITK", "SimpleITK", "2.3"),
-    Dependency("torch", "torch", "2.2"),
-    Dependency("skimage", "scikit-image", "0.21"),
-    Dependency("scipy", "scipy", "1.10"),
-    Dependency("psutil", "psutil", "5.9"),
-    Dependency("tqdm", "tqdm", "4.60"),
-)
+#: Exactly what segmentation imports (mirrors ``NUDFCore.RUNTIME_REQUIREMENTS``; a test checks both against
+#: the modules a real run loads).
+ENGINE_DEPENDENCIES: tuple[Dependency, ...] = tuple(Dependency(*req) for req in RUNTIME_REQUIREMENTS)
+#: torch, installed by PyTorch Utils when present (``torchVersionRequirement=">=" + minimumVersion``).
+TORCH_DEPENDENCY: Dependency = next(d for d in ENGINE_DEPENDENCIES if d.module == "torch")
 
 
 def _versionTuple(text: str) -> tuple[int, ...]:
@@ -74,6 +80,24 @@ def missingDependencies(
     return out
 
 
+def protectedPins(versionOf: Callable[[str], str | None] | None = None) -> list[str]:
+    """``name==version`` for every protected distribution installed here (pip constraints)."""
+
+    def installed(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    versionOf = versionOf or installed
+    pins = []
+    for name in sorted(PROTECTED_PACKAGES, key=str.lower):
+        version = versionOf(name)
+        if version:
+            pins.append(f"{name}=={version}")
+    return pins
+
+
 @dataclass
 class InstallPlan:
     """How to obtain the missing dependencies; ``blocked`` lists what we refuse to install ourselves."""
@@ -82,6 +106,8 @@ class InstallPlan:
     torchViaPip: bool = False
     pipRequirements: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    #: pip constraints that hold Slicer's own packages at their installed versions during our installs.
+    constraints: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -104,9 +130,10 @@ class InstallPlan:
         return text.strip()
 
 
-def planInstall(missing: list[Dependency], pytorchUtilsAvailable: bool) -> InstallPlan:
-    """Decide how each missing dependency is installed (pure: no side effects, easy to test)."""
-    plan = InstallPlan()
+def planInstall(missing: list[Dependency], pytorchUtilsAvailable: bool, constraints: list[str] | None = None) -> InstallPlan:
+    """Decide how each missing dependency is installed (no side effects; ``constraints`` default to
+    :func:`protectedPins` of this Python)."""
+    plan = InstallPlan(constraints=list(protectedPins() if constraints is None else constraints))
     for dep in missing:
         if dep.distribution in PROTECTED_PACKAGES:
             plan.blocked.append(dep.requirement)
@@ -120,22 +147,30 @@ def planInstall(missing: list[Dependency], pytorchUtilsAvailable: bool) -> Insta
 
 def executeInstall(
     plan: InstallPlan,
-    pipInstall: Callable[[str], None],
+    pipInstall: Callable[[list[str]], None],
     installTorchWithPyTorchUtils: Callable[[], object] | None = None,
 ) -> None:
     """Carry out an already-confirmed plan. Callers pass ``slicer.util.pip_install`` and PyTorch Utils.
 
-    Raises RuntimeError when some packages are Slicer's own and too old (nothing we may fix).
+    Each pip call gets a list ``[requirement, "--constraint", file]`` (a list, so paths with spaces survive)
+    whose file pins Slicer's own packages. Raises RuntimeError when some packages are Slicer's own and too
+    old (nothing we may fix).
     """
     if plan.torchViaPyTorchUtils:
         if installTorchWithPyTorchUtils is None:
             raise RuntimeError("PyTorch Utils was planned for installing torch but is not available.")
         if installTorchWithPyTorchUtils() is None:
             raise RuntimeError("PyTorch installation was cancelled or failed (PyTorch Utils).")
-    if plan.torchViaPip:
-        pipInstall("torch>=2.2")
-    for requirement in plan.pipRequirements:
-        pipInstall(requirement)
+    requirements = ([TORCH_DEPENDENCY.requirement] if plan.torchViaPip else []) + plan.pipRequirements
+    if requirements:
+        fd, constraintsFile = tempfile.mkstemp(prefix="nudf-constraints-", suffix=".txt")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(pin + "\n" for pin in plan.constraints))
+            for requirement in requirements:
+                pipInstall([requirement, "--constraint", constraintsFile])
+        finally:
+            os.unlink(constraintsFile)
     if plan.blocked:
         raise RuntimeError(
             "Slicer's own packages are too old for NUDF Segmentation: " + ", ".join(plan.blocked)

@@ -17,6 +17,7 @@ from vtk.util import numpy_support
 from NUDFCore.errors import InputError, MeshIOError, OutputExistsError
 from NUDFCore.frames import check_frame, ras_to_lps
 from NUDFCore.io import Volume, atomic_output, transform_polydata_frame
+from NUDFCore.provenance import ATTRIBUTE_PREFIX, segmentation_provenance, to_attributes
 
 #: Appendage-like display: muted flesh red, slightly translucent so the CT shows through.
 LAA_COLOR = (0.87, 0.42, 0.38)
@@ -28,32 +29,73 @@ def _arrayFromVtkMatrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def _nonLinearTransformProblem(node, what: str) -> str | None:
+    parent = node.GetParentTransformNode()
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        return (
+            f"{what} {node.GetName()} is under a non-linear transform ({parent.GetName()}); harden the transform "
+            "first (Data module: right-click the volume -> Harden transform)."
+        )
+    return None
+
+
 def _worldMatrix(node) -> np.ndarray:
     """4x4 node-to-world matrix; refuses non-linear parent transforms (the engine needs a plain grid)."""
+    problem = _nonLinearTransformProblem(node, "The volume")
+    if problem:
+        raise InputError(problem)
     parent = node.GetParentTransformNode()
     if parent is None:
         return np.eye(4)
-    if not parent.IsTransformToWorldLinear():
-        raise InputError(
-            f"{node.GetName()} is under a non-linear transform; harden the transform first "
-            "(Data module: right-click -> Harden transform)."
-        )
     m = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(m)
     return _arrayFromVtkMatrix(m)
 
 
-def volumeFromNode(volumeNode) -> Volume:
-    """The engine's :class:`Volume` (LPS geometry) from a scalar volume node, parent transform applied."""
+def volumeProblem(volumeNode) -> str | None:
+    """Why a node cannot be segmented as a CT (None when it can): one sentence naming the node."""
     if volumeNode is None:
-        raise InputError("No input volume selected.")
+        return "Select a CT volume."
+    name = volumeNode.GetName()
     if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise InputError(f"{volumeNode.GetName()} is not a scalar (CT) volume.")
+        kind = "a label map" if volumeNode.IsA("vtkMRMLLabelMapVolumeNode") else f"a {volumeNode.GetClassName()}"
+        return f"{name} is {kind}, not a scalar (CT) volume; select the CT image."
+    if volumeNode.IsA("vtkMRMLVectorVolumeNode") or volumeNode.IsA("vtkMRMLTensorVolumeNode"):
+        return f"{name} is a vector/tensor (e.g. RGB) volume, not a scalar (CT) volume; select the CT image."
     image = volumeNode.GetImageData()
     if image is None or image.GetPointData().GetScalars() is None:
-        raise InputError(f"{volumeNode.GetName()} holds no voxels.")
+        return f"{name} holds no voxels."
     if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"{volumeNode.GetName()} has {image.GetNumberOfScalarComponents()} components; a CT is scalar.")
+        return f"{name} has {image.GetNumberOfScalarComponents()} components per voxel; a CT is scalar (1 component)."
+    return _nonLinearTransformProblem(volumeNode, "The volume")
+
+
+def seedProblem(markupsNode) -> str | None:
+    """Why a point list cannot serve as the seed (None when it can): it must hold exactly one placed point."""
+    if markupsNode is None:
+        return "Place the LAA seed point inside the appendage."
+    n = markupsNode.GetNumberOfDefinedControlPoints()
+    if n == 0:
+        return f"Place the LAA seed point inside the appendage (the point list {markupsNode.GetName()} is empty)."
+    if n > 1:
+        return (
+            f"The point list {markupsNode.GetName()} holds {n} points; the seed must be exactly one point inside "
+            "the LAA: delete the others or pick another list."
+        )
+    return None
+
+
+def inputProblems(volumeNode, seedNode) -> list[str]:
+    """Every reason the inputs cannot be segmented yet (empty when they can), one sentence each."""
+    return [p for p in (volumeProblem(volumeNode), seedProblem(seedNode)) if p]
+
+
+def volumeFromNode(volumeNode) -> Volume:
+    """The engine's :class:`Volume` (LPS geometry) from a scalar volume node, parent transform applied."""
+    problem = volumeProblem(volumeNode)
+    if problem:
+        raise InputError(problem if volumeNode is not None else "No input volume selected.")
+    image = volumeNode.GetImageData()
     dims = image.GetDimensions()  # (i, j, k)
     array_kji = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
     m = vtk.vtkMatrix4x4()
@@ -62,18 +104,41 @@ def volumeFromNode(volumeNode) -> Volume:
     return Volume.from_ijk_to_ras(array_kji.copy(), ijkToRas)
 
 
-def seedFromNode(markupsNode, index: int = 0) -> np.ndarray:
-    """World RAS position (mm) of control point ``index`` of a markups node."""
+def seedFromNode(markupsNode) -> np.ndarray:
+    """World RAS position (mm) of the one placed point of a markups node; refuses empty or multi-point lists."""
     if markupsNode is None:
         raise InputError("No LAA seed point list selected.")
-    n = markupsNode.GetNumberOfControlPoints()
-    if n == 0:
-        raise InputError("Place the LAA seed point first (inside the appendage).")
-    if not 0 <= index < n:
-        raise InputError(f"Seed index {index} out of range: {markupsNode.GetName()} has {n} point(s).")
+    problem = seedProblem(markupsNode)
+    if problem:
+        raise InputError(problem)
+    index = next(i for i in range(markupsNode.GetNumberOfControlPoints())
+                 if markupsNode.GetNthControlPointPositionStatus(i) == markupsNode.PositionDefined)
     seed_ras = [0.0, 0.0, 0.0]
     markupsNode.GetNthControlPointPositionWorld(index, seed_ras)
     return np.array(seed_ras, dtype=np.float64)
+
+
+def volumeInputFile(volumeNode) -> str | None:
+    """The file a volume node was loaded from (for provenance), or None for a volume made in the scene."""
+    storage = volumeNode.GetStorageNode() if volumeNode is not None else None
+    name = storage.GetFileName() if storage is not None else None
+    return name or None
+
+
+def setProvenance(modelNode, record: dict) -> None:
+    """Store a provenance record as ``NUDF.*`` attributes of a node (replacing any earlier record)."""
+    for name in list(modelNode.GetAttributeNames() or ()):
+        if name.startswith(ATTRIBUTE_PREFIX):
+            modelNode.RemoveAttribute(name)
+    for name, value in to_attributes(record).items():
+        modelNode.SetAttribute(name, value)
+
+
+def getProvenance(modelNode) -> dict:
+    """The provenance record stored on a node by :func:`setProvenance` (empty when there is none)."""
+    from NUDFCore.provenance import from_attributes
+
+    return from_attributes({n: modelNode.GetAttribute(n) for n in (modelNode.GetAttributeNames() or ())})
 
 
 def cropFromRoiNode(roiNode) -> tuple[np.ndarray, float]:
@@ -174,20 +239,22 @@ def loadModelFile(scene, path: str | os.PathLike, outputModelNode=None, name: st
 
 
 class SegmentationLogic:
-    """Run the NUDF engine on MRML nodes, in-process (scripts, tests) — see BackgroundSegmentation for the GUI.
+    """Run the NUDF engine on MRML nodes, in-process (scripts, tests) — see RunController for the GUI's runs.
 
-    Example (Slicer Python console)::
+    ``segmentFunction`` replaces ``NUDFCore.infer.segment`` (same signature): the self-test uses a stub
+    engine where PyTorch is not installed. Example (Slicer Python console)::
 
         from NUDFSegmentationLib import SegmentationLogic
         model, result = SegmentationLogic().segmentVolumeNode(getNode("CT"), getNode("F"))
     """
 
-    def __init__(self, scene=None) -> None:
+    def __init__(self, scene=None, segmentFunction=None) -> None:
         if scene is None:
             import slicer
 
             scene = getattr(slicer, "mrmlScene", None)
         self.scene = scene
+        self.segmentFunction = segmentFunction
 
     volumeFromNode = staticmethod(volumeFromNode)
     seedFromNode = staticmethod(seedFromNode)
@@ -195,6 +262,8 @@ class SegmentationLogic:
     meshLpsFromModelNode = staticmethod(meshLpsFromModelNode)
     ensureDisplayNode = staticmethod(ensureDisplayNode)
     exportModelToFile = staticmethod(exportModelToFile)
+    inputProblems = staticmethod(inputProblems)
+    getProvenance = staticmethod(getProvenance)
 
     def seedRas(self, seed: Any) -> np.ndarray:
         """Accept a markups node or an RAS triple."""
@@ -218,17 +287,24 @@ class SegmentationLogic:
     def segmentVolumeNode(self, volumeNode, seed, outputModelNode=None, options=None, model=None, roiNode=None):
         """Segment the LAA around ``seed`` and write the open mesh into a model node (RAS).
 
-        Returns ``(modelNode, SegmentationResult)``; the result's ``mesh_lps`` is the engine's own mesh.
+        Returns ``(modelNode, SegmentationResult)``; the result's ``mesh_lps`` is the engine's own mesh, and the
+        node carries the run's provenance as ``NUDF.*`` attributes (see ``NUDFCore.provenance``).
         """
-        from NUDFCore.infer import segment
+        if self.segmentFunction is None:
+            from NUDFCore.infer import segment
+        else:
+            segment = self.segmentFunction
 
         scene = self.scene if self.scene is not None else (volumeNode.GetScene() if volumeNode else None)
         ct = volumeFromNode(volumeNode)
         seed_ras = self.seedRas(seed)
         opts = self.makeOptions(options, roiNode)
         result = segment(ct, seed_ras=seed_ras, model=model, options=opts)
-        name = f"{volumeNode.GetName()} LAA"
-        modelNode = updateModelNode(scene, result.mesh_lps, outputModelNode, name)
+        seed_lps = result.seed_lps if result.seed_lps is not None else ras_to_lps(seed_ras)
+        record = segmentation_provenance(seed_lps=seed_lps, options=opts, model=model,
+                                         input_file=volumeInputFile(volumeNode))
+        modelNode = updateModelNode(scene, result.mesh_lps, outputModelNode, f"{volumeNode.GetName()} LAA")
+        setProvenance(modelNode, record)
         return modelNode, result
 
 
@@ -237,9 +313,15 @@ __all__ = [
     "cropFromRoiNode",
     "ensureDisplayNode",
     "exportModelToFile",
+    "getProvenance",
+    "inputProblems",
     "loadModelFile",
     "meshLpsFromModelNode",
     "seedFromNode",
+    "seedProblem",
+    "setProvenance",
     "updateModelNode",
     "volumeFromNode",
+    "volumeInputFile",
+    "volumeProblem",
 ]

@@ -1,8 +1,11 @@
-"""Qt-free logic of the NUDF Segmentation Slicer module.
+"""The NUDF Segmentation Slicer module's code, beside the thin module file ``NUDFSegmentation.py``.
 
-Everything here works in the Slicer Python console, in Slicer scripts and headless with the
-``slicer-core`` package (real MRML, no application), which is how the tests exercise it. The widget in
-``NUDFSegmentation.py`` is a thin layer over these classes.
+Everything here except ``Widget.py`` is Qt-free: it works in the Slicer Python console, in Slicer scripts and
+headless with the ``slicer-core`` package (real MRML, no application), which is how the tests exercise it.
+``Parameters`` (the declarative parameter spec), ``SegmentationLogic`` (MRML <-> engine), ``BackgroundSegmentation``
+(the worker process), ``RunController`` (owns a GUI run and delivers its result), ``InstallLogic`` (run-time
+packages), ``SelfTest`` (checks shared by the self-test and pytest). ``Widget`` (Qt) is imported on demand:
+``from NUDFSegmentationLib.Widget import Widget``.
 """
 from __future__ import annotations
 
@@ -30,24 +33,33 @@ def ensureEngineImportable() -> None:
 
 ensureEngineImportable()
 
-from .Parameters import PARAMETERS, DEVICES, NUDFParameters, ParameterSpec  # noqa: E402
+from .Parameters import DEVICES, NODES, PARAMETERS, NodeSpec, NUDFParameters, ParameterSpec  # noqa: E402
 from .InstallLogic import Dependency, InstallPlan, missingDependencies, planInstall  # noqa: E402
-from .SegmentationLogic import SegmentationLogic, exportModelToFile  # noqa: E402
+from .SegmentationLogic import SegmentationLogic, exportModelToFile, inputProblems  # noqa: E402
 from .BackgroundSegmentation import BackgroundSegmentation, ProgressEvent, cliCommand  # noqa: E402
+from .RunController import PanelState, RunController, RunEvent, RunRequest, panelState  # noqa: E402
 
 __all__ = [
     "BackgroundSegmentation",
     "DEVICES",
     "Dependency",
     "InstallPlan",
+    "NODES",
     "NUDFParameters",
+    "NodeSpec",
     "PARAMETERS",
+    "PanelState",
     "ParameterSpec",
     "ProgressEvent",
+    "RunController",
+    "RunEvent",
+    "RunRequest",
     "SegmentationLogic",
     "cliCommand",
     "ensureEngineImportable",
     "exportModelToFile",
+    "inputProblems",
     "missingDependencies",
+    "panelState",
     "planInstall",
 ]
