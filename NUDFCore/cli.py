@@ -119,6 +119,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    "accurate) instead of from the evaluation grid")
     p.add_argument("--series-uid", default=None, help="DICOM series to read when the folder holds several")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--measure", action="store_true",
+                   help="also measure the LAA (ostium, landing zones, depth, volume; see nudf measure) into "
+                   "OUT's sibling <name>.measurements.json")
     p.add_argument("--progress-format", choices=["text", "json", "none"], default="text",
                    help="progress on stderr as bars (text), one JSON object per line on stdout (json, for programs), or none")
     p.set_defaults(func=_run_segment)
@@ -176,25 +179,41 @@ def _run_segment(args: argparse.Namespace) -> int:
     from .provenance import check_sidecar, segmentation_provenance, write_provenance
 
     sidecar = check_sidecar(out, overwrite=args.force)  # laa.stl -> laa.json, refused before the work like the mesh
+    measurements_out = None
+    if args.measure:
+        measurements_out = check_output_path(out.with_name(out.stem + ".measurements.json"), overwrite=args.force)
     try:
         ct = read_volume(args.ct, series_uid=args.series_uid)
         result = segment(ct, seed_lps=args.seed_lps, seed_ras=args.seed_ras, model=args.model, options=options)
     finally:
         if text_progress is not None:
             text_progress.close()
+    measurements = None
+    if measurements_out is not None:  # measured before anything is written: a failure leaves nothing behind
+        from .measure import measure_laa
+
+        measurements = measure_laa(result.mesh_lps)
     write_mesh(result.mesh_lps, out, frame=args.frame, overwrite=args.force)
     try:
         record = segmentation_provenance(seed_lps=result.seed_lps, options=options, model=args.model, input_file=args.ct)
         write_provenance(record, sidecar, overwrite=args.force)
+        if measurements is not None:
+            measurements.to_json(measurements_out, overwrite=args.force)
     except BaseException:
         out.unlink(missing_ok=True)  # no mesh without its provenance
         raise
     if args.progress_format == "json":
         summary = {"out": str(out), "provenance": str(sidecar), "frame": args.frame, "timings": result.timings,
                    "peak_memory_mb": result.peak_memory_mb, "quality": result.quality}
+        if measurements_out is not None:
+            summary["measurements"] = str(measurements_out)
         print(json.dumps({"done": True, "summary": summary}), flush=True)
     else:
         print(f"Wrote {out} ({args.frame.upper()}): {result.summary()}")
+        if measurements is not None:
+            o = measurements.ostium
+            print(f"Wrote {measurements_out}: ostium {o.max_diameter_mm:.1f} x {o.min_diameter_mm:.1f} mm, "
+                  f"depth {measurements.depth_mm:.1f} mm, volume {measurements.volume_ml:.2f} mL")
     return 0
 
 
@@ -227,6 +246,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--false-threshold", type=float, default=3.0,
                    help="distance (mm) beyond which predicted area counts as false (default: 3)")
     p.add_argument("--case", default="", help="case name stored in the JSON/CSV row")
+    p.add_argument("--measure", action="store_true",
+                   help="also measure both meshes (nudf measure) and report the differences: ostium centre "
+                   "distance, normal angle, diameter/area/depth/volume errors (table and JSON key 'measurements')")
     p.add_argument("--force", action="store_true", help="overwrite existing JSON/CSV outputs")
     p.set_defaults(func=_run_evaluate)
 
@@ -244,11 +266,103 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                         false_area_threshold_mm=args.false_threshold, case=args.case)
     print(f"{args.pred.name} vs {args.gt.name}")
     print(format_table(m))
-    if args.json is not None:
+    measured = None
+    if args.measure:
+        from .measure import compare_measurements, format_comparison, measure_laa
+
+        measured = measure_laa(pred), measure_laa(gt)
+        print(format_comparison(*measured))
+    if args.json is not None and measured is not None:
+        import json
+
+        from .measure import write_json
+
+        data = json.loads(m.to_json())
+        data["measurements"] = {"pred": measured[0].flat_row(), "gt": measured[1].flat_row(),
+                                "differences": compare_measurements(*measured)}
+        write_json(data, args.json, overwrite=args.force)
+        print(f"wrote {args.json}")
+    elif args.json is not None:
         m.to_json(args.json, overwrite=args.force)
         print(f"wrote {args.json}")
     if args.csv is not None:
         write_csv([m], args.csv, overwrite=args.force, append=args.append)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ measure
+def _parse_plane(text: str) -> list[float]:
+    return _parse_numbers(text, 6, "six comma-separated numbers x,y,z,nx,ny,nz (a point in mm and a normal)")
+
+
+def _parse_depths(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        vals = []
+    if not vals or any(not v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive comma-separated depths in mm, e.g. 10,12; got {text!r}")
+    return vals
+
+
+def _add_measure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "measure",
+        help="LAA occlusion planning measurements of an open LAA mesh (ostium, landing zones, depth, volume)",
+        description="Measure an open LAA surface whose boundary loop is the ostium: best-fit ostium plane, "
+        "perimeter, area, maximum/minimum Feret diameters, perimeter- and area-derived diameters, ovality, "
+        "planarity; the centreline (ostium centre to apex), its length and bend angle; landing zones "
+        "(cross-sections perpendicular to the centreline at the given depths along it); a diameter profile "
+        "every mm; depth; surface area; volume with the ostium capped. Prints a table; --json writes every "
+        "figure (keys documented in NUDFCore/measure.py; coordinates LPS), --csv one row per mesh.",
+        epilog=EPILOG + " Example: nudf measure laa.stl --json m.json --landing-depths 10,12",
+    )
+    p.add_argument("mesh", type=Path, help="open LAA mesh (STL, VTP, OBJ, PLY, VTK)")
+    p.add_argument("--frame", choices=("lps", "ras"), default=None,
+                   help="frame of MESH's points (default: the file's SPACE tag, LPS when untagged); the table "
+                   "shows the ostium centre in this frame, the JSON is always LPS")
+    p.add_argument("--json", type=Path, default=None, help="write every measurement to this JSON file")
+    p.add_argument("--csv", type=Path, default=None, help="write the measurements as a one-row CSV table")
+    p.add_argument("--append", action="store_true", help="append the row to an existing --csv table (a cohort)")
+    p.add_argument("--case", default=None, help="case name of the CSV row (default: the mesh file name)")
+    p.add_argument("--landing-depths", type=_parse_depths, default=[10.0, 12.0], metavar="D1,D2",
+                   help="landing-zone depths along the centreline in mm (default: 10,12)")
+    p.add_argument("--profile-step", type=float, default=1.0, metavar="MM",
+                   help="spacing of the diameter profile along the centreline (default: 1 mm)")
+    plane = p.add_mutually_exclusive_group()
+    plane.add_argument("--ostium-plane-lps", type=_parse_plane, metavar="X,Y,Z,NX,NY,NZ",
+                       help="re-cut the surface at this ostium plane (LPS point and normal) instead of using its "
+                       "boundary; the appendage side is kept (write --ostium-plane-lps=... when X is negative)")
+    plane.add_argument("--ostium-plane-ras", type=_parse_plane, metavar="X,Y,Z,NX,NY,NZ", help="the same in RAS")
+    p.add_argument("--force", action="store_true", help="overwrite existing JSON/CSV outputs")
+    p.set_defaults(func=_run_measure)
+
+
+def _run_measure(args: argparse.Namespace) -> int:
+    from .frames import to_lps
+    from .io import check_output_path, mesh_file_frame, read_mesh
+    from .measure import format_table, measure_laa, write_csv
+
+    if args.json is not None:  # refuse before the work, not after
+        check_output_path(args.json, (".json",), overwrite=args.force)
+    if args.csv is not None:
+        check_output_path(args.csv, (".csv",), overwrite=args.force or args.append)
+    mesh = read_mesh(args.mesh, frame=args.frame)
+    plane = None
+    raw = args.ostium_plane_lps or args.ostium_plane_ras
+    if raw is not None:
+        frame = "lps" if args.ostium_plane_lps else "ras"
+        plane = (to_lps(raw[:3], frame), to_lps(raw[3:], frame))
+    m = measure_laa(mesh, ostium_plane_lps=plane, landing_depths_mm=args.landing_depths,
+                    profile_step_mm=args.profile_step)
+    print(f"{args.mesh.name}:")
+    print(format_table(m, frame=args.frame or mesh_file_frame(args.mesh)))
+    if args.json is not None:
+        m.to_json(args.json, overwrite=args.force)
+        print(f"wrote {args.json}")
+    if args.csv is not None:
+        write_csv([(args.case or args.mesh.name, m)], args.csv, overwrite=args.force, append=args.append)
         print(f"wrote {args.csv}")
     return 0
 
@@ -494,7 +608,7 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ registry
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate, _add_train, _add_prepare, _add_demo, _add_batch]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_segment, _add_evaluate, _add_measure, _add_train, _add_prepare, _add_demo, _add_batch]
 
 
 def build_parser() -> argparse.ArgumentParser:
