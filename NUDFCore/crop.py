@@ -5,7 +5,7 @@ voxels and answers queries given in *normalised* crop coordinates in [-1, 1] (``
 ``align_corners=True``). :class:`CropGeometry` is the single, exact mapping between the two, so training
 samples, inference queries and gradients all agree with the crop the encoder saw.
 
-Convention (the NUDF authors' pitfall, DESIGN §1): with ``align_corners=True`` the values ±1 are the
+Convention (the NUDF authors' pitfall, docs/coordinates.md): with ``align_corners=True`` the values ±1 are the
 *centres* of the first and last voxels, so voxel centres span exactly ``size_mm`` and the spacing is
 ``h = size_mm / (n - 1)``.
 """

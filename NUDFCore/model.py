@@ -1,10 +1,10 @@
 """The NUDF network: a CT crop in, an unsigned distance (mm) to the LAA surface out, for any query point.
 
-IF-Net/NDF family (DESIGN §1): a 3D CNN encoder builds a pyramid of feature grids from the crop; for
+IF-Net/NDF family (docs/method.md): a 3D CNN encoder builds a pyramid of feature grids from the crop; for
 each query point (normalised crop coordinates, ``grid_sample`` order) the input and every level are
 sampled trilinearly at the point and at 6 copies displaced by ±δ along each axis, concatenated (plus the
 point's xyz) and decoded pointwise into a distance. GroupNorm replaces the paper's BatchNorm because
-batch-1 BatchNorm made training unstable (DESIGN §9).
+batch-1 BatchNorm made training unstable (docs/method.md).
 
 The decoder's *raw* output is unbounded (as NUDF, not NDF): training uses it with a truncated L1 loss so
 no point ever gets a dead gradient; :meth:`NUDFNet.decode` clamps it to [0, truncation_mm].

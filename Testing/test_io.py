@@ -53,7 +53,7 @@ def test_index_physical_hand_computed():
     p = v.index_to_lps([2.0, 1.0, 1.0])
     assert np.allclose(p, [1.0 + 2.0, 2.0 + 1.0, 3.0 - 3.0])
     assert np.allclose(v.lps_to_index(p), [2.0, 1.0, 1.0])
-    # Slicer's IJKToRAS = [[F·D·diag(s), F·o]] (DESIGN §5)
+    # Slicer's IJKToRAS = [[F·D·diag(s), F·o]] (docs/coordinates.md)
     m = v.ijk_to_ras_matrix()
     assert np.allclose(m[:3, 3], [-1.0, -2.0, 3.0])
     assert np.allclose(m[:3, :3] @ [2, 1, 1] + m[:3, 3], frames.lps_to_ras(p))
