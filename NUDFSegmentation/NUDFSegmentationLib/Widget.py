@@ -22,6 +22,7 @@ from pathlib import Path
 
 import qt
 import slicer
+import vtk
 from slicer.util import VTKObservationMixin
 
 from NUDFCore.errors import NUDFError
@@ -186,7 +187,7 @@ class Widget(qt.QWidget):
         self.setParameterNode(params)
 
     def setParameterNode(self, params: NUDFParameters | None) -> None:
-        modified = 33  # vtkCommand::ModifiedEvent
+        modified = vtk.vtkCommand.ModifiedEvent
         if self._parameters is not None:
             self._observations.removeObserver(self._parameters.node, modified, self.updateGUIFromParameterNode)
         self._parameters = params
