@@ -50,8 +50,10 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
 
 
 def _phantom_styles() -> list[str]:
-    from .phantom.styles import STYLES
-
+    try:  # a development tool: the Slicer extension ships the engine without the phantom generator
+        from .phantom.styles import STYLES
+    except ImportError:
+        return []
     return list(STYLES)
 
 
