@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from NUDFCore.cli import main as cli_main
-from NUDFCore.errors import ImageGeometryError, ImageReadError, InputError, SegmentationError
+from NUDFCore.errors import ImageReadError, InputError, SegmentationError
 from NUDFCore.infer import MIN_SEED_EDGE_MM, SegmentOptions, check_seed_clearance, segment
 from NUDFCore.io import Volume, read_volume, write_volume
 from NUDFCore.model import ModelConfig, NUDFNet, save_checkpoint
