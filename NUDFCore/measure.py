@@ -73,6 +73,8 @@ CENTERLINE_SMOOTHING_MM = 4.0
 TANGENT_FIT_MM = 8.0
 #: At most this many voxels for the centreline grid (the voxel size grows to fit).
 MAX_VOXELS = 3_000_000
+#: Warn when the ostium loop's RMS distance from its plane exceeds this fraction of its diameter.
+NONPLANAR_WARNING = 0.1
 #: Contour points kept in JSON / shown as curves (evenly spaced along the contour).
 CONTOUR_POINTS = 96
 
@@ -1061,6 +1063,10 @@ def measure_laa(
                     planarity_rms_mm=float(np.sqrt((weight * off_plane**2).sum() / weight.sum())),
                     planarity_max_mm=float(np.abs(off_plane).max()), spanning_area_mm2=closed.span_area_mm2)
     volume_ml = abs(_signed_volume(closed.pts, closed.tris)) / 1000.0
+    if ostium.planarity_rms_mm > NONPLANAR_WARNING * ostium.area_derived_diameter_mm:
+        warnings.append(f"The ostium contour is far from planar (RMS {ostium.planarity_rms_mm:.1f} mm out of its "
+                        "plane): the surface's rim is ragged or joined to a hole. Place the ostium plane for "
+                        "reliable figures.")
 
     line, medial_end, t0, t1, _ = _centerline(closed, loop, center, normal, voxel_mm)
     length = _polyline_length(line)
