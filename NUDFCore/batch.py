@@ -224,7 +224,8 @@ class BatchSettings:
     measure: bool = False
     gt_samples: int = 50_000
     torch_threads: int | None = None
-    """torch threads per worker; None: leave torch's choice (in-process) or cores / the worker's task slots."""
+    """torch threads per worker; None: torch's choice in-process, cores // N on a local cluster of N workers,
+    cores // task slots on an existing cluster."""
 
 
 @dataclass
@@ -268,9 +269,9 @@ def _configure_worker(settings: BatchSettings) -> str:
 
     worker = _dask_worker()
     with _MODELS_LOCK:
-        if not _CONFIGURED:
+        if not _CONFIGURED and worker is not None:  # in-process, _serial sets (and restores) the threads
             threads = settings.torch_threads
-            if threads is None and worker is not None:  # an external cluster: share the cores among task slots
+            if threads is None:  # an external cluster: share the cores among task slots
                 threads = max(1, (os.cpu_count() or 1) // max(1, int(worker.state.nthreads)))
             if threads:
                 torch.set_num_threads(int(threads))
@@ -514,7 +515,16 @@ def _write_summary(out_dir: Path, rows: list[dict]) -> Path:
 # ------------------------------------------------------------------------------------------ executors
 @contextmanager
 def _serial(todo: list[CaseSpec], settings: BatchSettings) -> Iterator[Iterator[CaseOutcome]]:
-    yield (run_case(spec, settings) for spec in todo)
+    """The cases one after the other in this process (with ``settings.torch_threads``, restored afterwards)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        yield (run_case(spec, settings) for spec in todo)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _import_dask():
@@ -542,7 +552,7 @@ def _dask(todo: list[CaseSpec], settings: BatchSettings, workers: int,
             except (OSError, TimeoutError, ValueError) as exc:
                 raise InputError(f"Cannot reach the Dask scheduler at {scheduler}: {_one_line(exc)}") from exc
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // workers)
             # one case at a time per worker (resource slot), with `threads` torch threads: workers x threads <= cores
             cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                                    dashboard_address=None, resources={"nudf_case": 1},
@@ -626,6 +636,8 @@ def run_batch(
     settings = settings or BatchSettings()
     if workers < 1:
         raise InputError(f"--workers must be at least 1; got {workers}.")
+    if settings.torch_threads is not None and settings.torch_threads < 1:
+        raise InputError(f"--threads must be at least 1; got {settings.torch_threads}.")
     if scheduler is not None or workers > 1:
         _import_dask()  # fail now, naming the extra, not after the serial part
     cases = read_manifest(manifest)

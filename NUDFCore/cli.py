@@ -557,6 +557,8 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=float, default=0.25, metavar="MM", help="surface-extraction grid in mm (default: 0.25)")
     p.add_argument("--smoothing", type=float, default=0.0, metavar="S", help="windowed-sinc smoothing 0..1 (default: 0)")
     p.add_argument("--decimate", type=float, default=0.0, metavar="F", help="fraction of triangles to remove, 0..0.9 (default: 0)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads per worker (default: torch's choice with 1 worker, cores/N with N local workers)")
     p.add_argument("--progress-format", choices=["text", "json", "none"], default="text",
                    help="a bar over cases on stderr (text), one JSON object per case on stdout (json), or none")
     p.set_defaults(func=_run_batch)
@@ -590,7 +592,7 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     settings = BatchSettings(model=str(args.model) if args.model else None, device=args.device,
                              resolution_mm=args.resolution, smoothing=args.smoothing, decimate=args.decimate,
-                             measure=args.measure)
+                             measure=args.measure, torch_threads=args.threads)
     try:
         report = run_batch(args.manifest, args.out, settings, workers=1 if args.workers is None else args.workers, scheduler=args.scheduler,
                            redo=args.redo, on_start=on_start, on_case=on_case)

@@ -114,6 +114,8 @@ def test_usage_errors_exit_2_and_write_nothing(tmp_path, monkeypatch):
     out = tmp_path / "out"
     rc, _, err = _run_cli(["batch", str(manifest), "--out", str(out), "--workers", "0"])
     assert rc == 2 and "--workers must be at least 1" in err
+    rc, _, err = _run_cli(["batch", str(manifest), "--out", str(out), "--threads", "0"])
+    assert rc == 2 and "--threads must be at least 1" in err
     rc, _, err = _run_cli(["batch", str(manifest), "--out", str(out), "--workers", "2", "--scheduler", "tcp://x:1"])
     assert rc == 2 and "exclude each other" in err
     (tmp_path / "file").write_text("")
@@ -216,9 +218,13 @@ def serial_run(cohort, model_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch") / "out"
     batch._MODELS.clear()  # count the loads of this run only
     argv = ["batch", str(cohort), "--out", str(out), "--model", str(model_path), "--device", "cpu",
-            "--resolution", RESOLUTION, "--progress-format", "json"]
+            "--resolution", RESOLUTION, "--threads", "1", "--progress-format", "json"]  # as each Dask worker
+    import torch
+
+    threads_before = torch.get_num_threads()
     rc, stdout, stderr = _run_cli(argv)
     return {"argv": argv, "out": out, "rc": rc, "stdout": stdout, "stderr": stderr, "summary": _summary(out),
+            "threads": (threads_before, torch.get_num_threads()),
             "meshes": {c: read_mesh(out / c / "laa.vtp") for c in PHANTOMS if (out / c / "laa.vtp").exists()}}
 
 
@@ -250,8 +256,9 @@ def test_serial_batch_writes_two_meshes_and_two_failed_rows(serial_run, phantom_
     assert record["resolution_mm"] == float(RESOLUTION) and record["input_file"] == str(phantom_case.ct_path)
     details = json.loads((out / "p1" / "case.json").read_text())
     assert details["summary"]["case_id"] == "p1" and details["quality"]["n_faces"] > 0
-    # one model load for the whole batch
+    # one model load for the whole batch; the in-process run gave this process its torch threads back
     assert sum(float(rows[c]["model_load_s"] or 0) > 0 for c in rows) == 1
+    assert serial_run["threads"][0] == serial_run["threads"][1]
 
 
 def test_json_progress_reports_every_case_and_the_totals(serial_run):
@@ -295,7 +302,8 @@ def test_dask_workers_redo_the_cohort_with_the_same_meshes(serial_run, cohort, m
     before = {c: _mtimes(out / c) for c in PHANTOMS}
     measure = ["--measure"] if _has_measure() else []
     rc, _, stderr = _run_cli(["batch", str(cohort), "--out", str(out), "--model", str(model_path), "--device", "cpu",
-                              "--resolution", RESOLUTION, "--workers", "2", "--redo", "--progress-format", "none"]
+                              "--resolution", RESOLUTION, "--workers", "2", "--threads", "1", "--redo",
+                              "--progress-format", "none"]
                              + measure)
     rows = _summary(out)
     assert rc == 1, stderr
