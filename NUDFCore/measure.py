@@ -13,22 +13,29 @@ file and on a ground-truth mesh alike. Definitions (every figure carries its uni
   diameter** — the largest distance between two contour points and the smallest width between two parallel
   lines enclosing the contour (rotating calipers on the convex hull; 2a and 2b for an ellipse);
   ``perimeter_derived_diameter_mm`` = P/π, ``area_derived_diameter_mm`` = 2·√(A/π), ``ovality`` = min/max.
-  ``center_lps`` is the area centroid of the projected polygon, lifted into the plane.
+  ``center_lps`` is the area centroid of the projected polygon, lifted into the plane. A warning is added when
+  the loop's RMS distance from its plane exceeds 10 % of its diameter (a ragged rim, or a hole joined to it).
 - ``spanning_area_mm2``: area of the minimal surface spanning the 3D ostium loop among surfaces that are graphs
   over its plane (minimal-surface equation solved by lagged-diffusivity P1 finite elements on a constrained
   Delaunay triangulation, vtkDelaunay2D); equals ``area_mm2`` for a planar loop. This surface also caps the
   ostium for the volume and the cross-sections.
-- **Centreline**: the inverse-radius minimal path through the lumen (VMTK's centreline criterion: cost
-  1/r² with r the distance to the wall) from the ostium centre to the apex, computed by Dijkstra
-  (``scipy.sparse.csgraph``) on the 26-connected voxel graph of the capped surface (voxelised with
-  ``vtkPolyDataToImageStencil``, distance map by ``scipy.ndimage``). The lumen is extended by a straight
-  prism below the ostium so the path crosses the ostium plane undisturbed by the cap. The apex is the lumen
-  point farthest from the ostium *through the lumen*; the medial path ends where its maximal inscribed sphere
-  touches the apex, and continues straight along its end tangent to the wall (the apex on the surface).
-  The path is smoothed (Gaussian, σ = 1 mm) and starts exactly at the ostium centre.
+- **A movable ostium**: ``ostium_plane_lps`` = (origin, normal) re-cuts the surface at that plane and keeps
+  the appendage side (the normal is turned to face the current ostium's way); the plane must cut the surface
+  (:class:`InputError` otherwise), and a warning says how much of the new ostium contour is still the old rim
+  when the plane crosses it.
+- **Centreline** (ostium centre → apex), VMTK's criterion on a voxel graph: the capped surface, extended by a
+  straight prism below the ostium so the path crosses the ostium plane undisturbed, is voxelised
+  (``vtkPolyDataToImageStencil``; voxel = ostium diameter / 40 within 0.2–0.6 mm) with its wall-distance map r
+  (``scipy.ndimage``). The medial end is the lumen voxel beyond the ostium with the largest geodesic distance
+  (Dijkstra, ``scipy.sparse.csgraph``) + 2r — the centre of the tip's largest inscribed sphere, not a corner of
+  the wall (the middle of the near-best voxels where the medial axis is a sheet, in an oval lumen). The path to
+  it is the inverse-radius minimal path (cost 1/r², Dijkstra on the 26-connected graph), then refined: each
+  point moves (≤ 1 mm per pass, 3 passes) towards the area centroid of the lumen section perpendicular to the
+  curve, and the curve is smoothed by a local quadratic (Savitzky–Golay, 4 mm), which keeps arcs unbiased.
+  From the medial end it runs straight along its end tangent to the wall: the apex on the surface.
 - ``centerline_length_mm``: its length, ostium centre → apex (the depth along the centreline).
-  ``bend_angle_deg``: angle between its tangents at the ostium and at the end of the medial path (quadratic
-  fits over the first/last 4 mm). ``depth_mm``: the largest distance of the surface from the ostium plane;
+  ``bend_angle_deg``: angle between its tangents at the ostium and at the medial end (quadratic fits over the
+  first/last 8 mm). ``depth_mm``: the largest distance of the surface from the ostium plane;
   ``apex_depth_mm``: the apex's distance from the ostium plane.
 - **Profile**: cross-sections of the capped surface perpendicular to the centreline every ``profile_step_mm``
   of centreline arc length (``depth_mm`` = arc length from the ostium centre); the contour around the

@@ -255,7 +255,17 @@ def _offscreen_window() -> vtk.vtkRenderWindow:
     return w
 
 
-def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps) -> np.ndarray:
+def _polyline_segments(curves) -> list[tuple[np.ndarray, Sequence[int]]]:
+    """(segments (S, 2, 3), rgb) of each (points, rgb) polyline (a closed one repeats its first point)."""
+    out = []
+    for points, rgb in curves:
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if len(p) >= 2:
+            out.append((np.stack([p[:-1], p[1:]], axis=1), rgb))
+    return out
+
+
+def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps, curves=(), mesh_opacity=1.0) -> np.ndarray:
     ren = vtk.vtkRenderer()
     ren.SetBackground(*(c / 255.0 for c in BACKGROUND_RGB))
     ren.SetTwoSidedLighting(True)
@@ -279,7 +289,7 @@ def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps) -> np.ndarra
         prop.BackfaceCullingOff()
         return a
 
-    ren.AddActor(actor(mesh_lps, APPENDAGE_RGB, 1.0))
+    ren.AddActor(actor(mesh_lps, APPENDAGE_RGB, mesh_opacity))
     if gt_mesh_lps is not None:
         ren.AddActor(actor(gt_mesh_lps, GT_RGB, 0.3))
     edges = vtk.vtkFeatureEdges()  # the open rim, drawn dark so the ostium reads at a glance
@@ -301,6 +311,26 @@ def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps) -> np.ndarra
     if gt_mesh_lps is not None:
         pts = np.concatenate([pts, polydata_points(gt_mesh_lps)])
     centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+    for segs, rgb in _polyline_segments(curves):  # measurement contours etc. as tubes
+        line = vtk.vtkPolyData()
+        line.SetPoints(vtk.vtkPoints())
+        line.GetPoints().SetData(numpy_support.numpy_to_vtk(np.vstack([segs[:, 0], segs[-1:, 1]]), deep=True))
+        cells = vtk.vtkCellArray()
+        cells.InsertNextCell(len(segs) + 1)
+        for i in range(len(segs) + 1):
+            cells.InsertCellPoint(i)
+        line.SetLines(cells)
+        tube = vtk.vtkTubeFilter()
+        tube.SetInputData(line)
+        tube.SetRadius(max(0.2, 0.005 * float(np.ptp(pts, axis=0).max())))
+        tube.SetNumberOfSides(12)
+        tube_mapper = vtk.vtkPolyDataMapper()
+        tube_mapper.SetInputConnection(tube.GetOutputPort())
+        tube_mapper.ScalarVisibilityOff()
+        tube_actor = vtk.vtkActor()
+        tube_actor.SetMapper(tube_mapper)
+        tube_actor.GetProperty().SetColor(*(c / 255.0 for c in rgb))
+        ren.AddActor(tube_actor)
     r, up, f = _view_basis(view_direction_lps)
     cam = ren.GetActiveCamera()
     cam.SetFocalPoint(*centre)
@@ -328,7 +358,8 @@ def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps) -> np.ndarra
         win.Finalize()
 
 
-def _render_3d_numpy(mesh_lps, gt_mesh_lps, size, view_direction_lps, seed: int = 0) -> np.ndarray:
+def _render_3d_numpy(mesh_lps, gt_mesh_lps, size, view_direction_lps, seed: int = 0, curves=(),
+                     mesh_opacity=1.0) -> np.ndarray:
     """Dense area-weighted surface splats, z-buffered, Lambert-shaded; GT blended translucent on top."""
     w, h = int(size[0]), int(size[1])
     r, up, f = _view_basis(view_direction_lps)
@@ -359,13 +390,17 @@ def _render_3d_numpy(mesh_lps, gt_mesh_lps, size, view_direction_lps, seed: int 
     img = np.tile(np.asarray(BACKGROUND_RGB, np.float64), (w * h, 1))
     zp, sp = layer(mesh_lps, seed)
     hit = np.isfinite(zp)
-    img[hit] = sp[hit, None] * np.asarray(APPENDAGE_RGB, np.float64)
+    img[hit] = mesh_opacity * sp[hit, None] * np.asarray(APPENDAGE_RGB, np.float64) + (1 - mesh_opacity) * img[hit]
     if gt_mesh_lps is not None:
         zg, sg = layer(gt_mesh_lps, seed + 1)
         front = np.isfinite(zg) & (zg < zp)
         gt_col = sg[front, None] * np.asarray(GT_RGB, np.float64)
         img[front] = 0.3 * gt_col + 0.7 * img[front]
-    return np.clip(np.round(img), 0, 255).astype(np.uint8).reshape(h, w, 3)
+    out = np.clip(np.round(img), 0, 255).astype(np.uint8).reshape(h, w, 3)
+    for segs, rgb in _polyline_segments(curves):  # drawn on top (no depth test)
+        px = np.stack([(segs @ r - xc) * scale + (w - 1) / 2, (h - 1) / 2 - (segs @ up - yc) * scale], axis=-1)
+        _draw_segments(out, px, rgb, 3)
+    return out
 
 
 def render_3d_image(
@@ -375,6 +410,8 @@ def render_3d_image(
     size: tuple[int, int] = (800, 600),
     view_direction_lps: Sequence[float] = DEFAULT_VIEW_LPS,
     backend: str = "auto",
+    curves_lps: Sequence[tuple[np.ndarray, Sequence[int]]] = (),
+    mesh_opacity: float = 1.0,
 ) -> tuple[np.ndarray, str]:
     """The picture of :func:`render_3d` as (H, W, 3) uint8, and the backend that drew it ("vtk"/"numpy")."""
     if mesh_lps is None or mesh_lps.GetNumberOfPoints() == 0 or len(polydata_triangles(mesh_lps)) == 0:
@@ -387,7 +424,7 @@ def render_3d_image(
         raise InputError(f"The image size must be at least 16x16; got {size}.")
     if backend in ("auto", "vtk"):
         try:
-            img = _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps)
+            img = _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps, curves_lps, mesh_opacity)
             if img.shape[:2] == (size[1], size[0]) and img.std() > 1.0:
                 return img, "vtk"
             reason = "blank image"
@@ -395,7 +432,8 @@ def render_3d_image(
             reason = str(exc)
         if backend == "vtk":
             raise RuntimeError(f"vtk off-screen rendering failed ({reason}).")
-    return _render_3d_numpy(mesh_lps, gt_mesh_lps, size, view_direction_lps), "numpy"
+    return _render_3d_numpy(mesh_lps, gt_mesh_lps, size, view_direction_lps, curves=curves_lps,
+                            mesh_opacity=mesh_opacity), "numpy"
 
 
 def render_3d(
@@ -407,14 +445,19 @@ def render_3d(
     view_direction_lps: Sequence[float] = DEFAULT_VIEW_LPS,
     backend: str = "auto",
     overwrite: bool = False,
+    curves_lps: Sequence[tuple[np.ndarray, Sequence[int]]] = (),
+    mesh_opacity: float = 1.0,
 ) -> Path:
     """Write an off-screen 3D render: the mesh opaque (red, dark rim) over the GT (translucent green).
 
     The camera sits along ``view_direction_lps`` from the scene centre (default: left-anterior-superior,
     the usual view of the LAA), superior up, framing both meshes. ``backend="auto"`` uses vtk/OpenGL and
-    falls back to the numpy renderer when OpenGL is unavailable.
+    falls back to the numpy renderer when OpenGL is unavailable. ``curves_lps`` adds (points, RGB) polylines
+    drawn as tubes (e.g. measurement contours; repeat the first point to close one); ``mesh_opacity`` < 1
+    lets what lies inside the mesh show (e.g. a centreline).
     """
     check_output_path(out_png, (".png",), overwrite)  # fail before the work
     img, _ = render_3d_image(mesh_lps, gt_mesh_lps=gt_mesh_lps, size=size,
-                             view_direction_lps=view_direction_lps, backend=backend)
+                             view_direction_lps=view_direction_lps, backend=backend, curves_lps=curves_lps,
+                             mesh_opacity=mesh_opacity)
     return write_png(img, out_png, overwrite=overwrite)

@@ -288,3 +288,22 @@ def test_evaluate_measure_reports_measurement_differences(segmented, phantom_cas
     assert diffs["ostium_center_distance_mm"] >= 0 and 0 <= diffs["ostium_normal_angle_deg"] <= 180
     expected = d["measurements"]["pred"]["ostium_max_diameter_mm"] - d["measurements"]["gt"]["ostium_max_diameter_mm"]
     assert diffs["ostium_max_diameter_error_mm"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_contours_render_over_the_mesh(backend):
+    """The README picture's ingredients: report.render_3d_image draws measurement curves over the surface."""
+    from NUDFCore.report import render_3d_image
+
+    mesh = cone_frustum(12.0, 6.0, 30.0, 24)
+    rim = measure_laa(mesh, landing_depths_mm=()).ostium.contour_lps
+    kwargs = {"size": (200, 150), "view_direction_lps": (1.0, 0.0, -0.6), "backend": backend}
+    plain, _ = render_3d_image(mesh, **kwargs)
+    drawn, used = render_3d_image(mesh, curves_lps=[(np.vstack([rim, rim[:1]]), (255, 215, 0))], mesh_opacity=0.5,
+                                  **kwargs)
+
+    def yellow(img: np.ndarray) -> int:
+        r, g, b = (img[..., k].astype(int) for k in range(3))
+        return int(((r > 150) & (g > 120) & (b < 100)).sum())
+
+    assert yellow(plain) == 0 and yellow(drawn) > 40, (used, yellow(drawn))
