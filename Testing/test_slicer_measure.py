@@ -1,6 +1,7 @@
 """The Measurements logic on real MRML (slicer-core): the table node, the ostium / landing-zone closed curves,
 the centreline curve and the ostium plane in the scene; moving the plane re-cuts the surface and updates the
-table; export to JSON/CSV; everything survives a scene save and reload.
+table; export to JSON/CSV; everything survives a scene save and reload; and the panel's Measurements section
+(test_slicer_widget's PythonQt stand-in) measures after a run, follows the plane and exports.
 
 The LAA is an analytic cone frustum (laa_shapes.py) moved by a random rigid motion, so every figure has a
 known answer: the ostium and landing-zone diameters follow 2·(r0 + (r1 − r0)·d/L).
@@ -23,7 +24,7 @@ from NUDFCore.errors import InputError, OutputExistsError  # noqa: E402
 from NUDFCore.frames import lps_to_ras, ras_to_lps  # noqa: E402
 from NUDFSegmentationLib.MeasurementLogic import MeasurementLogic  # noqa: E402
 from NUDFSegmentationLib.SegmentationLogic import updateModelNode  # noqa: E402
-from NUDFSegmentationLib.SelfTest import makeScene  # noqa: E402
+from NUDFSegmentationLib.SelfTest import addSeedNode, makeScene  # noqa: E402
 
 R0, R1, LENGTH = 12.0, 6.0, 30.0  # the frustum: ostium radius, end radius, length (mm)
 
@@ -205,3 +206,36 @@ def test_measurements_survive_scene_save_and_reload(setup, tmp_path):
     assert d["ostium_source"] == "plane"
     assert d["ostium"]["max_diameter_mm"] == pytest.approx(_diameter(4.0), rel=0.01)
     assert math.isclose(d["depth_mm"], LENGTH - 4.0, rel_tol=0.02)
+
+
+# ---------------------------------------------------------------------------------- the panel section
+from test_slicer_widget import panel  # noqa: E402,F401  (the panel on real MRML with a PythonQt stand-in)
+
+
+def test_the_panel_measures_after_a_run_and_exports(panel, tmp_path):
+    """Segment LAA (stub engine: an open hemisphere of radius 6 mm on the seed) fills the Measurements section."""
+    ui = panel.ui
+    ui.inputVolumeSelector.setCurrentNode(panel.volume)
+    ui.seedSelector.setCurrentNode(addSeedNode(panel.scene, panel.case["seed_ras"]))
+    ui.backgroundCheckBox.setChecked(False)
+    assert not ui.measureButton.enabled and not ui.exportMeasurementsButton.enabled
+    ui.applyButton.click()
+    model = panel.params.getNode("OutputModel")
+    logic = panel.widget.measurementLogic
+    assert ui.statusLabel.text.startswith("Done:")  # the segmentation's own status line is kept
+    assert "ostium max diameter (Feret)" in ui.measurementsTextEdit.plainText
+    assert _table(logic.tableNode(model))["ostium max diameter (Feret)"] == pytest.approx(12.0, rel=0.02)
+    assert logic.planeNode(model) is not None and ui.measureButton.enabled and ui.exportMeasurementsButton.enabled
+    # the plane is observed: moving it re-measures
+    origin, normal = [0.0] * 3, [0.0] * 3
+    logic.planeNode(model).GetOriginWorld(origin)
+    logic.planeNode(model).GetNormalWorld(normal)
+    logic.planeNode(model).SetOriginWorld(*(np.array(origin) + 2.0 * np.array(normal)))
+    moved = _table(logic.tableNode(model))["ostium max diameter (Feret)"]
+    assert moved == pytest.approx(2 * math.sqrt(36 - 4), rel=0.02) and "the given plane" in ui.measurementsTextEdit.plainText
+    out = tmp_path / "laa.csv"
+    panel.saveFileName.append(str(out))
+    ui.exportMeasurementsButton.click()
+    row = next(csv.DictReader(open(out, newline="")))
+    assert float(row["ostium_max_diameter_mm"]) == pytest.approx(moved, abs=1e-3)
+    assert ui.statusLabel.text == f"Exported the measurements to {out}."

@@ -7,7 +7,9 @@ listens to its events. The controller and the logic are given to it (or made by 
 reaches the scene when the panel is left, closed or deleted.
 
 Sections of the panel, top to bottom, each wired by one ``_setup*Section`` method: Inputs, Options, Output
-(with the Segment button, progress bar and status line) and Export. To add a section (e.g. Measurements):
+(with the Segment button, progress bar and status line), Export and Measurements (the output model measured by
+:class:`~NUDFSegmentationLib.MeasurementLogic.MeasurementLogic` after each run, its ostium plane observed). To add
+a section:
 add a ``ctkCollapsibleButton`` after ``exportCollapsibleButton`` in ``Resources/UI/NUDFSegmentation.ui``,
 declare the parameters it edits in ``Parameters.PARAMETERS`` with their widget names (bound automatically),
 write ``_setupMeasurementsSection`` (called from ``__init__``) and react to results in :meth:`onRunEvent`
@@ -28,6 +30,7 @@ from slicer.util import VTKObservationMixin
 from NUDFCore.errors import NUDFError
 
 from .InstallLogic import TORCH_DEPENDENCY, executeInstall, missingDependencies, planInstall
+from .MeasurementLogic import MeasurementLogic
 from .Parameters import MODULE_NAME, NODES, PARAMETERS, WIDGET_ACCESSORS, NodeSpec, NUDFParameters
 from .RunController import RunController, RunEvent, panelState
 from .SegmentationLogic import SegmentationLogic
@@ -63,6 +66,7 @@ class Widget(qt.QWidget):
         self._setupInputsSection()
         self._setupRunSection()
         self._setupExportSection()
+        self._setupMeasurementsSection()
         self._bindParameters()
         self.controller.addListener(self.onRunEvent)
         self._observations.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -82,6 +86,11 @@ class Widget(qt.QWidget):
 
     def _setupExportSection(self) -> None:
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+
+    def _setupMeasurementsSection(self) -> None:
+        self.measurementLogic = MeasurementLogic(slicer.mrmlScene, onUpdate=self.onMeasured)
+        self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
+        self.ui.exportMeasurementsButton.connect("clicked(bool)", self.onExportMeasurementsButton)
 
     # -- generated binding: GUI <-> parameter node -----------------------------------------------
     def _boundWidgets(self):
@@ -149,6 +158,10 @@ class Widget(qt.QWidget):
         for section in (self.ui.inputsCollapsibleButton, self.ui.optionsCollapsibleButton, self.ui.outputsCollapsibleButton):
             section.enabled = state.inputsEnabled
         self.ui.exportButton.enabled = state.exportEnabled
+        self.ui.measureButton.enabled = state.exportEnabled
+        model = self._parameters.getNode("OutputModel") if self._parameters is not None else None
+        self.ui.exportMeasurementsButton.enabled = (
+            state.exportEnabled and model is not None and self.measurementLogic.tableNode(model) is not None)
         self.ui.progressBar.setVisible(state.progressVisible)
         self.ui.progressBar.value = state.progressValue
         self.ui.progressBar.format = state.progressFormat
@@ -211,6 +224,7 @@ class Widget(qt.QWidget):
 
     def cleanup(self) -> None:
         self.controller.removeListener(self.onRunEvent)
+        self.measurementLogic.removeObservers()
         self._observations.removeObservers()
         self._parameters = None
 
@@ -239,6 +253,8 @@ class Widget(qt.QWidget):
         self.setStatus(self.controller.statusText)
         self.updateGUIFromParameterNode()
         self._applyPanelState()  # also without a parameter node (the module was left)
+        if event.kind == "done" and self._parameters is not None and event.modelNodeID:
+            self.measureModel(slicer.mrmlScene.GetNodeByID(event.modelNodeID))
         if event.kind == "failed":
             self._showError(f"Segmentation failed:\n{event.message}", event.details)
 
@@ -300,3 +316,44 @@ class Widget(qt.QWidget):
             self._showError(f"Export failed: {exc}")
             return
         self.setStatus(f"Exported {written} ({frame.upper()}).")
+
+    # -- measurements ----------------------------------------------------------------------------
+    def onMeasureButton(self) -> None:
+        model = self._parameters.getNode("OutputModel") if self._parameters is not None else None
+        if model is not None:
+            self.measureModel(model)
+
+    def measureModel(self, model) -> None:
+        """Measure from the surface's own rim, put the ostium plane there and re-measure when it moves."""
+        try:
+            self.measurementLogic.measureModel(model)
+            self.measurementLogic.observeOstiumPlane(model)
+        except NUDFError:
+            pass  # onMeasured has shown the reason
+        except Exception as exc:
+            logging.exception("NUDF Segmentation could not measure")
+            self.ui.measurementsTextEdit.plainText = f"Measuring failed: {exc}"
+        self._applyPanelState()
+
+    def onMeasured(self, model, measurements, error) -> None:
+        """The logic's news after each (re-)measurement: the figures, or why there are none."""
+        from NUDFCore.measure import format_table
+
+        self.ui.measurementsTextEdit.plainText = (
+            f"{model.GetName()}: {error}" if measurements is None else format_table(measurements, frame="ras"))
+
+    def onExportMeasurementsButton(self) -> None:
+        model = self._parameters.getNode("OutputModel") if self._parameters is not None else None
+        if model is None:
+            return
+        suggested = os.path.join(qt.QDir.homePath(), f"{model.GetName()} measurements.json")
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export LAA measurements", suggested,
+                                              "JSON (*.json);;CSV, one row (*.csv)")
+        if not path:
+            return
+        try:  # the file dialog has already asked before replacing an existing file
+            written = self.measurementLogic.exportMeasurements(model, path, overwrite=True)
+        except NUDFError as exc:
+            self._showError(f"Export failed: {exc}")
+            return
+        self.setStatus(f"Exported the measurements to {written}.")
