@@ -294,10 +294,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ measure
-def _parse_plane(text: str) -> list[float]:
-    return _parse_numbers(text, 6, "six comma-separated numbers x,y,z,nx,ny,nz (a point in mm and a normal)")
-
-
 def _parse_depths(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",") if v]
