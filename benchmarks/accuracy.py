@@ -31,10 +31,21 @@ def _machine() -> str:
     return f"{dev}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def metric_row(case, mesh, spacing: float, wall_s: float) -> dict:
+    """One case's figures against its ground truth (shared by every benchmark that scores surfaces)."""
+    from NUDFCore.metrics import surface_metrics
+
+    m = surface_metrics(mesh, case.load_mesh(), spacing_mm=spacing, case=case.case_dir.name)
+    return {"case": case.case_dir.name, "morphology": case.meta.get("morphology", "?"), "spacing": spacing,
+            "msd": m.msd_mm, "hd95": m.hd95_mm, "chamfer": m.chamfer_mm, "rim": m.boundary_mean_mm,
+            "false_area": m.false_area_fraction, "completeness2": m.completeness_within_2mm,
+            "precision3_pct": m.precision_3mm, "completeness3_pct": m.completeness_3mm,
+            "boundary_loops": m.pred_boundary_loops, "wall_s": wall_s}
+
+
 def evaluate_cases(case_dirs, model, resolution, device) -> list[dict]:
     from NUDFCore.data import load_case
     from NUDFCore.infer import SegmentOptions, segment
-    from NUDFCore.metrics import surface_metrics
 
     rows = []
     for d in case_dirs:
@@ -50,16 +61,13 @@ def evaluate_cases(case_dirs, model, resolution, device) -> list[dict]:
                          "spacing": spacing, "error": f"{type(exc).__name__}: {exc}"})
             print(f"{case.case_dir.name}: FAILED {exc}", file=sys.stderr)
             continue
-        wall = time.perf_counter() - t0
-        m = surface_metrics(r.mesh_lps, case.load_mesh(), spacing_mm=spacing, case=case.case_dir.name)
-        row = {"case": case.case_dir.name, "morphology": case.meta.get("morphology", "?"), "spacing": spacing,
-               "msd": m.msd_mm, "hd95": m.hd95_mm, "chamfer": m.chamfer_mm, "rim": m.boundary_mean_mm,
-               "false_area": m.false_area_fraction, "completeness2": m.completeness_within_2mm,
-               "wall_s": wall, "peak_rss_mb": r.peak_memory_mb,
-               "timings": {k: round(v, 2) for k, v in r.timings.items()}, "queries": r.quality["n_queries"]}
+        row = metric_row(case, r.mesh_lps, spacing, time.perf_counter() - t0)
+        row.update(peak_rss_mb=r.peak_memory_mb, timings={k: round(v, 2) for k, v in r.timings.items()},
+                   queries=r.quality["n_queries"])
         rows.append(row)
-        print(f"{row['case']} ({row['morphology']}): MSD {m.msd_mm:.3f} mm ({m.msd_mm / spacing:.2f} vox), "
-              f"HD95 {m.hd95_mm:.2f} mm, false area {100 * m.false_area_fraction:.1f} %, {wall:.1f} s", file=sys.stderr)
+        print(f"{row['case']} ({row['morphology']}): MSD {row['msd']:.3f} mm ({row['msd'] / spacing:.2f} vox), "
+              f"HD95 {row['hd95']:.2f} mm, false area {100 * row['false_area']:.1f} %, {row['wall_s']:.1f} s",
+              file=sys.stderr)
     return rows
 
 

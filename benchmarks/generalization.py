@@ -30,74 +30,31 @@ import datetime as dt
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # accuracy.py and unet_baseline.py beside this file
 
 COLUMNS = ("cases", "MSD mm", "MSD vox", "HD95 mm", "HD95 vox", "precision 3 mm %", "completeness 2 mm %",
            "completeness 3 mm %", "false area %", "failed")
 
 
-def _metrics_row(case, mesh, spacing: float, wall: float) -> dict:
-    from NUDFCore.metrics import surface_metrics
-
-    m = surface_metrics(mesh, case.load_mesh(), spacing_mm=spacing, case=case.case_dir.name)
-    return {"case": case.case_dir.name, "spacing": spacing, "msd": m.msd_mm, "hd95": m.hd95_mm,
-            "precision3": m.precision_3mm, "completeness2": m.completeness_2mm, "completeness3": m.completeness_3mm,
-            "false_area": 100 * m.false_area_fraction, "wall_s": wall}
-
-
 def score_nudf(case_dirs: list[Path], model: str | None, resolution: float, device: str) -> list[dict]:
-    from NUDFCore.data import load_case
-    from NUDFCore.infer import SegmentOptions, segment
+    from accuracy import evaluate_cases
 
-    rows = []
-    for d in case_dirs:
-        case = load_case(d)
-        ct = case.load_volume()
-        spacing = float(np.mean(ct.spacing))
-        t0 = time.perf_counter()
-        try:
-            r = segment(ct, seed_lps=case.seed_lps, model=model,
-                        options=SegmentOptions(resolution_mm=resolution, device=device))
-        except Exception as exc:  # a failed case is a result: count it, do not hide it
-            rows.append({"case": d.name, "error": f"{type(exc).__name__}: {exc}"})
-            print(f"  {d.name}: FAILED {exc}", file=sys.stderr)
-            continue
-        rows.append(_metrics_row(case, r.mesh_lps, spacing, time.perf_counter() - t0))
-        _log(rows[-1])
-    return rows
+    return evaluate_cases(case_dirs, model, resolution, device)
 
 
 def score_unet(case_dirs: list[Path], ckpt: Path, device: str, crop_n: int = 64, crop_mm: float = 70.0) -> list[dict]:
     import torch
+    from unet_baseline import build_unet, evaluate_unet
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from unet_baseline import build_unet, segment_case
-
-    from NUDFCore.crop import HUWindow
     from NUDFCore.data import load_case
 
     net = build_unet()
     net.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"])
-    net = net.to(device).eval()
-    rows = []
-    for d in case_dirs:
-        case = load_case(d)
-        volume = case.load_volume()
-        mesh, wall = segment_case(net, case, volume, crop_n, crop_mm, HUWindow(), device)
-        if mesh is None:
-            rows.append({"case": d.name, "error": "no surface"})
-            continue
-        rows.append(_metrics_row(case, mesh, float(np.mean(volume.spacing)), wall))
-        _log(rows[-1])
-    return rows
-
-
-def _log(row: dict) -> None:
-    print(f"  {row['case']}: MSD {row['msd']:.2f} mm, HD95 {row['hd95']:.1f} mm, precision {row['precision3']:.0f} %, "
-          f"completeness {row['completeness2']:.0f} / {row['completeness3']:.0f} %", file=sys.stderr)
+    return evaluate_unet(net.to(device).eval(), [load_case(d) for d in case_dirs],
+                         SimpleNamespace(crop_n=crop_n, crop_mm=crop_mm), device)
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -108,8 +65,8 @@ def summary(rows: list[dict]) -> list[str]:
     mean = lambda k: statistics.mean(r[k] for r in ok)  # noqa: E731
     vox = lambda k: statistics.mean(r[k] / r["spacing"] for r in ok)  # noqa: E731
     return [str(len(rows)), f"{mean('msd'):.3f}", f"{vox('msd'):.2f}", f"{mean('hd95'):.2f}", f"{vox('hd95'):.2f}",
-            f"{mean('precision3'):.1f}", f"{mean('completeness2'):.1f}", f"{mean('completeness3'):.1f}",
-            f"{mean('false_area'):.1f}", str(failed)]
+            f"{mean('precision3_pct'):.1f}", f"{100 * mean('completeness2'):.1f}", f"{mean('completeness3_pct'):.1f}",
+            f"{100 * mean('false_area'):.1f}", str(failed)]
 
 
 def main(argv=None) -> int:
@@ -124,7 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write every per-case row here")
     args = p.parse_args(argv)
 
-    from NUDFCore.data import looks_like_case
+    from NUDFCore.data import list_cases, load_case
+    from NUDFCore.errors import InputError
     from NUDFCore.infer import default_model_path
     from NUDFCore.model import resolve_device
     from NUDFCore.provenance import model_sha256_prefix
@@ -136,8 +94,10 @@ def main(argv=None) -> int:
         folder = Path(folder)
         if not folder.is_dir():
             p.error(f"--set {spec}: {folder} is not a folder")
-        sets[name] = [folder] if looks_like_case(folder) else sorted(
-            d for d in folder.iterdir() if d.is_dir() and looks_like_case(d))
+        try:  # one case folder, or a folder of cases
+            sets[name] = [load_case(folder).case_dir]
+        except InputError:
+            sets[name] = [c.case_dir for c in list_cases(folder)]
     models = [tuple(m.partition("=")[::2]) for m in args.model] or [("bundled", str(default_model_path()))]
     results: dict = {}
     for mname, ckpt in models:

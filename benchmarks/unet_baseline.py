@@ -322,8 +322,9 @@ def train_unet(args, train_cases, val_cases, device):
 def oracle_rows(cases, args) -> list[dict]:
     """The same surface pipeline on the *ground-truth* labels of the seed-centred crop: the best any
     labelmap on this grid can score (the discretisation floor of the U-Net approach)."""
+    from accuracy import metric_row
+
     from NUDFCore.crop import CropGeometry
-    from NUDFCore.metrics import surface_metrics
 
     rows = []
     for case in cases:
@@ -332,34 +333,28 @@ def oracle_rows(cases, args) -> list[dict]:
         geom = CropGeometry(case.seed_lps, args.crop_mm, args.crop_n)
         labels = crop_labels(lumen_field(case, args.beyond_ostium_mm), geom).astype(np.float32)
         mesh = probability_surface(labels, geom, case.ostium_center_lps, case.ostium_normal_lps)
-        m = surface_metrics(mesh, case.load_mesh(), spacing_mm=spacing, case=case.name)
-        rows.append({"case": case.name, "morphology": case.meta.get("morphology", "?"), "spacing": spacing,
-                     "msd": m.msd_mm, "hd95": m.hd95_mm, "chamfer": m.chamfer_mm, "rim": m.boundary_mean_mm,
-                     "false_area": m.false_area_fraction, "completeness2": m.completeness_within_2mm,
-                     "wall_s": time.perf_counter() - t0})
+        rows.append(metric_row(case, mesh, spacing, time.perf_counter() - t0))
     return rows
 
 
 def evaluate_unet(net, cases, args, device) -> list[dict]:
+    from accuracy import metric_row
+
     from NUDFCore.crop import HUWindow
-    from NUDFCore.metrics import surface_metrics
 
     rows = []
     for case in cases:
         volume = case.load_volume()
         spacing = float(np.mean(volume.spacing))
         mesh, wall = segment_case(net, case, volume, args.crop_n, args.crop_mm, HUWindow(), device)
-        base = {"case": case.name, "morphology": case.meta.get("morphology", "?"), "spacing": spacing}
         if mesh is None:
-            rows.append(dict(base, error="no surface (probability never crosses 0.5 on the LAA side)"))
+            rows.append({"case": case.name, "morphology": case.meta.get("morphology", "?"), "spacing": spacing,
+                         "error": "no surface (probability never crosses 0.5 on the LAA side)"})
             print(f"{case.name}: FAILED (no surface)", file=sys.stderr)
             continue
-        m = surface_metrics(mesh, case.load_mesh(), spacing_mm=spacing, case=case.name)
-        rows.append(dict(base, msd=m.msd_mm, hd95=m.hd95_mm, chamfer=m.chamfer_mm, rim=m.boundary_mean_mm,
-                         false_area=m.false_area_fraction, completeness2=m.completeness_within_2mm, wall_s=wall,
-                         boundary_loops=m.pred_boundary_loops))
-        print(f"{case.name} ({base['morphology']}): MSD {m.msd_mm:.3f} mm ({m.msd_mm / spacing:.2f} vox), "
-              f"HD95 {m.hd95_mm:.2f} mm, {wall:.1f} s", file=sys.stderr)
+        rows.append(metric_row(case, mesh, spacing, wall))
+        print(f"{case.name} ({rows[-1]['morphology']}): MSD {rows[-1]['msd']:.3f} mm "
+              f"({rows[-1]['msd'] / spacing:.2f} vox), HD95 {rows[-1]['hd95']:.2f} mm, {wall:.1f} s", file=sys.stderr)
     return rows
 
 
