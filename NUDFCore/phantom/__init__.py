@@ -241,10 +241,6 @@ def _draw_anatomy(rng: np.random.Generator, morph: str, seed: int = -1,
     raise NUDFError(f"phantom seed {seed}: no valid LAA after 40 draws ({'; '.join(reasons[-3:])}).")
 
 
-
-
-
-
 # ================================================================================================= files
 def write_case(case: PhantomCase, folder: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``ct.nii.gz``, ``laa.vtp``, ``laa.stl`` (LPS) and ``meta.json`` into ``folder``."""

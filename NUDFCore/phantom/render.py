@@ -11,8 +11,6 @@ from .anatomy import _Anatomy, _Paint
 from .sdf import _Grid, _eval_field_grid, _intersect_box
 
 
-
-
 def _render_paints(vol: np.ndarray, grid: _Grid, paints: list[_Paint], blur_mm: float,
                    progress: Callable[[int], None] | None = None) -> None:
     """Blend the paints, in order, into ``vol`` (indexed like ``grid``) slab by slab.
@@ -92,8 +90,6 @@ def _upsample_linear(coarse: np.ndarray, factors: tuple[int, int, int], out: np.
             out[k] += a[k1[k]] * w[k]
 
 
-
-
 def _heart_paints(an: _Anatomy) -> list[_Paint]:
     F, hu, w = an.fields, an.hu, an.walls
     paints = [
@@ -127,8 +123,6 @@ def _heart_paints(an: _Anatomy) -> list[_Paint]:
         paints.append(_Paint(F["trabeculae"], hu["trabeculae"]))
     return paints
 
-
-# ========================================================================================= ground truth
 
 def _render_ct(rng, an: _Anatomy, spacing, d, origin, size_ijk, r_pat, t_pat, psf: float, noise_sigma: float,
                progress: bool, artefact_rng: np.random.Generator | None = None) -> Volume:

@@ -358,8 +358,6 @@ def _eval_field_grid(fld: Field, grid: _Grid, region, margin: float) -> np.ndarr
     return out
 
 
-
-
 class _ScaledBall(Primitive):
     """A ball whose distance is divided by ``soft`` (a wider, softer edge when blended)."""
 

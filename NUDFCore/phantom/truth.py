@@ -10,7 +10,6 @@ from .anatomy import _Anatomy, _Reject, _laa_clear_of_plane
 from .sdf import Field, _BIG, _MC_SPACING_MM, _Grid, _eval_field_grid, _translate, _unit
 
 
-
 @dataclass
 class _GroundTruth:
     points: np.ndarray      # heart frame
@@ -23,8 +22,6 @@ class _GroundTruth:
     depth_mm: float
     length_mm: float
     max_field_error_mm: float
-
-
 
 
 def _marching_cubes_gt(an: _Anatomy) -> _GroundTruth:
@@ -185,9 +182,6 @@ def _clear_laa_neighbours(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float 
         else:
             return name
     return None
-
-
-# ================================================================================================ cases
 
 
 def polydata_boundary_ids(triangles: np.ndarray) -> np.ndarray:
