@@ -7,9 +7,9 @@ no record of what failed. :func:`run_batch` loads the model once per worker, rec
 Layout of ``DIR`` (one folder per case, present only once the case is complete)::
 
     DIR/<case_id>/laa.vtp            the open LAA surface, LPS mm (tagged SPACE=LPS)
-    DIR/<case_id>/laa.json           provenance and quality of the segmentation
+    DIR/<case_id>/laa.json           provenance of the segmentation, as ``nudf segment`` writes it
     DIR/<case_id>/measurements.json  with --measure
-    DIR/<case_id>/case.json          this case's summary row; written last: its folder *is* the done marker
+    DIR/<case_id>/case.json          this case's summary row, quality and timings; written last
     DIR/summary.csv                  one row per case: ok / failed / skipped, error, timings, quality, GT metrics
 
 Who writes what: workers (processes, possibly on other machines) only *read* — the CT, the GT mesh, the
@@ -41,14 +41,14 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .errors import InputError, NUDFError
 
-#: Manifest columns (CSV header or JSON-lines keys); any other column is carried along but not used.
+#: Manifest columns (CSV header or JSON-lines keys); other columns are allowed and ignored.
 MANIFEST_HELP = (
     "case_id (required; letters, digits, '.', '_', '-': it names the case folder), "
     "ct (required; CT file or DICOM series folder; relative paths are relative to the manifest's folder), "

@@ -508,11 +508,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ batch
 _BATCH_DESCRIPTION = """\
 Segment every case of a manifest (a cohort) with one model load per worker. Per case it writes
-DIR/<case_id>/laa.vtp (LPS), laa.json (provenance and quality), measurements.json (--measure) and case.json
-(the case's row; the folder appears only when the case is complete), and DIR/summary.csv with one row per
-case: status ok/failed/skipped, the error of a failed case, timings, quality warnings and, with a gt mesh,
-MSD/HD95/precision/completeness. Re-running the same command skips the done cases (--redo recomputes them);
-an interrupted batch loses at most the cases in flight. One bad case never stops the others.
+DIR/<case_id>/laa.vtp (LPS), laa.json (provenance), measurements.json (--measure) and case.json (the
+case's row, quality and timings; the folder appears only when the case is complete), and DIR/summary.csv
+with one row per case: status ok/failed/skipped, the error of a failed case, timings, quality warnings and,
+with a gt mesh, MSD/HD95/precision/completeness. Re-running the same command skips the done cases (--redo
+recomputes them); an interrupted batch loses at most the cases in flight. One bad case never stops the others.
 
 Manifest: CSV (.csv, .tsv) or JSON lines (.jsonl), one case per row, columns:
   case_id           required; letters, digits, '.', '_', '-' (names the case folder)
