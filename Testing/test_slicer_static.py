@@ -148,8 +148,8 @@ def test_the_module_file_is_a_thin_registration():
                      "NUDFSegmentationTest": {"ScriptedLoadableModuleTest"}}
     widget = classes["NUDFSegmentationWidget"]
     assert len(ast.unparse(widget).splitlines()) < 40, "the registration widget must stay thin"
-    assert "self.ui" not in ast.unparse(widget) and "import qt" not in MODULE_FILE.read_text()
-    assert len(MODULE_FILE.read_text().splitlines()) < 150
+    assert "self.ui" not in ast.unparse(widget) and "import qt" not in MODULE_FILE.read_text(encoding="utf-8")
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) < 150
     text = MODULE_FILE.read_text(encoding="utf-8")
     assert "arXiv:2504.18344" in text and "synthetic" in text and '"Segmentation"' in text
     # the self-test runs the checks shared with pytest, and reads nothing outside the module
