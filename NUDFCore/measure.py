@@ -8,7 +8,8 @@ file and on a ground-truth mesh alike. Definitions (every figure carries its uni
   vertex spacing does not bias it; ``normal_lps`` points into the LAA (towards the surface's area centroid).
   ``planarity_rms_mm`` / ``planarity_max_mm``: RMS / maximum distance of the loop from that plane.
 - **Contour figures** (ostium, landing zones, profile sections), on the contour projected into its plane:
-  ``perimeter_mm`` (the 3D polyline for the ostium, the planar cut otherwise), ``area_mm2`` (the projected
+  ``perimeter_mm`` (the 3D loop for the ostium, the planar cut otherwise, smoothed over 3 mm so a segmented rim's
+  voxel-scale zigzag does not count), ``area_mm2`` (the projected
   polygon, shoelace), ``max_diameter_mm`` / ``min_diameter_mm`` = the maximum / minimum **Feret (caliper)
   diameter** — the largest distance between two contour points and the smallest width between two parallel
   lines enclosing the contour (rotating calipers on the convex hull; 2a and 2b for an ellipse);
@@ -70,7 +71,9 @@ from vtk.util import numpy_support
 from .errors import InputError
 from .frames import lps_to_ras
 from .io import atomic_output, check_output_path, make_polydata, polydata_points, polydata_triangles
-from .meshtools import boundary_loops, clip_by_plane, connected_components, loop_length, submesh, triangle_areas
+from .meshtools import (
+    boundary_loops, clip_by_plane, connected_components, loop_length, submesh, triangle_areas, unsigned_distance,
+)
 
 SCHEMA = "nudf-laa-measurements/1"
 DEFAULT_LANDING_DEPTHS_MM: tuple[float, ...] = (10.0, 12.0)
@@ -78,10 +81,16 @@ PROFILE_STEP_MM = 1.0
 #: Centreline smoothing (Savitzky–Golay window along the arc, mm) and the arc over which end tangents are fitted.
 CENTERLINE_SMOOTHING_MM = 4.0
 TANGENT_FIT_MM = 8.0
-#: At most this many voxels for the centreline grid (the voxel size grows to fit).
+#: Centreline grid: voxels across the ostium's area-derived diameter (within 0.2–0.6 mm; coarser grids let the
+#: path drift in wide, flat tips), and at most this many voxels in all (the voxel size grows to fit).
+VOXELS_PER_DIAMETER = 40.0
 MAX_VOXELS = 3_000_000
 #: Warn when the ostium loop's RMS distance from its plane exceeds this fraction of its diameter.
 NONPLANAR_WARNING = 0.1
+#: Perimeters are measured on the contour smoothed over this arc (mm; see :func:`smoothed_perimeter`).
+PERIMETER_SMOOTHING_MM = 3.0
+#: Half-length (mm) of the centreline chord that gives a cross-section's normal.
+SECTION_TANGENT_MM = 3.0
 #: Contour points kept in JSON / shown as curves (evenly spaced along the contour).
 CONTOUR_POINTS = 96
 
@@ -370,15 +379,36 @@ def _projected(contour: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, np.
     return p2, base + c2[0] * u + c2[1] * v + float((q @ n).mean()) * n, abs(area_signed)
 
 
+def smoothed_perimeter(loop: np.ndarray, window_mm: float = PERIMETER_SMOOTHING_MM) -> float:
+    """Length of a closed polyline (2D or 3D) after a periodic local-quadratic (Savitzky–Golay) smoothing over
+    ``window_mm``: the voxel-scale zigzag of a segmented rim would otherwise add up to tens of mm of perimeter,
+    while a smooth loop keeps its length (a circle of radius ≥ 5 mm changes by < 0.1 %)."""
+    from scipy.ndimage import convolve1d
+
+    p = np.asarray(loop, dtype=np.float64)
+    raw = float(np.linalg.norm(np.roll(p, -1, 0) - p, axis=1).sum())
+    step = min(0.25, raw / 400.0)
+    dense = _dense_polyline(p, step)
+    seg = np.linalg.norm(np.roll(dense, -1, 0) - dense, axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    closed = np.vstack([dense, dense[:1]])
+    t = np.arange(0.0, s[-1], step)
+    even = np.column_stack([np.interp(t, s, closed[:, k]) for k in range(p.shape[1])])
+    half = min(int(round(0.5 * window_mm / step)), (len(even) - 1) // 2)
+    if half < 2:
+        return raw
+    x = np.arange(-half, half + 1)
+    weights = np.linalg.pinv(np.vander(x, 3, increasing=True))[0]
+    smooth = convolve1d(even, weights[::-1], axis=0, mode="wrap")
+    return float(np.linalg.norm(np.roll(smooth, -1, 0) - smooth, axis=1).sum())
+
+
 def contour_section(contour: np.ndarray, normal: np.ndarray, depth_mm: float | None = None,
                     perimeter_3d: bool = False) -> Section:
     """The figures of a closed contour in the plane with ``normal`` (the contour is projected into it)."""
     n = normal / np.linalg.norm(normal)
     p2, center, area = _projected(contour, n)
-    if perimeter_3d:
-        perim = float(np.linalg.norm(np.roll(contour, -1, 0) - contour, axis=1).sum())
-    else:
-        perim = float(np.linalg.norm(np.roll(p2, -1, 0) - p2, axis=1).sum())
+    perim = smoothed_perimeter(contour if perimeter_3d else p2)
     dmax, dmin = feret_diameters(p2)
     return Section(
         depth_mm=depth_mm, center_lps=center, normal_lps=n, perimeter_mm=perim, area_mm2=area,
@@ -892,7 +922,7 @@ def _centerline(closed: _Closed, ostium: np.ndarray, center: np.ndarray, normal:
 
     span = np.ptp(vox_pts, axis=0)
     d_ost = 2.0 * math.sqrt(abs(_polygon_area_centroid(rim_xy)[0]) / math.pi)
-    h = float(voxel_mm) if voxel_mm else float(np.clip(d_ost / 40.0, 0.2, 0.6))
+    h = float(voxel_mm) if voxel_mm else float(np.clip(d_ost / VOXELS_PER_DIAMETER, 0.2, 0.6))
     while np.prod(span / h + 5) > MAX_VOXELS:
         h *= 1.25
     mask, lo = _voxelise(vox_pts, vox_tris, h)
@@ -1004,8 +1034,9 @@ def _section_at(surface: vtk.vtkPolyData, point: np.ndarray, normal: np.ndarray,
     return None if loop is None else contour_section(loop, normal, depth_mm)
 
 
-def _point_at(curve: np.ndarray, s_query: float, half_window: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Point and unit tangent of a polyline at arc length ``s_query`` (tangent by a ±``half_window`` chord)."""
+def _point_at(curve: np.ndarray, s_query: float, half_window: float = SECTION_TANGENT_MM) -> tuple[np.ndarray, np.ndarray]:
+    """Point and unit tangent of a polyline at arc length ``s_query``: the tangent is the ±``half_window`` chord
+    (exact on a circular arc; long enough not to follow the wiggles of a centreline in a bulbous lumen)."""
     seg = np.linalg.norm(np.diff(curve, axis=0), axis=1)
     s = np.concatenate([[0.0], np.cumsum(seg)])
 
@@ -1086,6 +1117,7 @@ def measure_laa(
         if cs is not None:
             profile.append(cs)
     zones: list[Section | None] = []
+    cap = make_polydata(closed.pts, closed.cap_tris)
     for d in depths:
         if d >= length:
             zones.append(None)
@@ -1095,6 +1127,9 @@ def measure_laa(
         z = _section_at(surface, p, t, d)
         if z is None:
             warnings.append(f"No cross-section encloses the centreline at {d:g} mm.")
+        elif (unsigned_distance(cap, z.contour_lps) < 1e-4).any():
+            warnings.append(f"The landing zone at {d:g} mm crosses the ostium plane (the appendage bends or widens "
+                            "within that depth): its contour is partly the ostium.")
         zones.append(z)
     return LAAMeasurements(
         ostium=ostium, landing_zones=zones, landing_depths_mm=depths, profile=profile,

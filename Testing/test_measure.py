@@ -7,6 +7,7 @@ mesh resolutions; then the CLI on a segmentation of the shared phantom, in LPS a
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 
@@ -38,11 +39,23 @@ def _check(name: str, value: float, expected: float, rel: float) -> None:
 A, B, LENGTH, CAP = 12.0, 8.0, 20.0, 6.0  # elliptic tube: semi-axes, straight part, tip height (mm)
 
 
+@functools.lru_cache(maxsize=None)
+def _tube(n_around: int):
+    rot, shift = random_motion(100 + n_around)
+    mesh = place(elliptic_tube(A, B, LENGTH, CAP, n_around), rot, shift)
+    return measure_laa(mesh), rot, shift, mesh
+
+
 @pytest.fixture(scope="module", params=RESOLUTIONS)
 def tube(request):
-    rot, shift = random_motion(100 + request.param)
-    mesh = place(elliptic_tube(A, B, LENGTH, CAP, request.param), rot, shift)
-    return measure_laa(mesh), rot, shift, mesh
+    """The elliptic tube at both resolutions, measured (for the known-answer test)."""
+    return _tube(request.param)
+
+
+@pytest.fixture(scope="module")
+def tube32():
+    """The coarser tube only (re-cuts, records and the CLI need no second resolution)."""
+    return _tube(RESOLUTIONS[0])
 
 
 def test_elliptic_tube_ostium_depth_and_volume(tube):
@@ -125,8 +138,8 @@ def test_torus_segment_centerline_length_and_bend_angle(n_around):
 
 
 # ----------------------------------------------------------------------------------- moving the ostium
-def test_ostium_plane_recuts_the_surface_distally(tube):
-    base, rot, shift, mesh = tube
+def test_ostium_plane_recuts_the_surface_distally(tube32):
+    base, rot, shift, mesh = tube32
     axis = rot @ [0.0, 0.0, 1.0]
     for normal in (axis, -axis):  # either orientation: the side away from the current ostium is kept
         m = measure_laa(mesh, ostium_plane_lps=(shift + 5.0 * axis, normal))
@@ -138,8 +151,8 @@ def test_ostium_plane_recuts_the_surface_distally(tube):
         _check("max diameter", m.ostium.max_diameter_mm, 2 * A, 0.01)
 
 
-def test_ostium_plane_outside_the_surface_is_refused_or_flagged(tube):
-    _, rot, shift, mesh = tube
+def test_ostium_plane_outside_the_surface_is_refused_or_flagged(tube32):
+    _, rot, shift, mesh = tube32
     axis = rot @ [0.0, 0.0, 1.0]
     with pytest.raises(InputError, match="outside the segmented surface"):
         measure_laa(mesh, ostium_plane_lps=(shift - 3.0 * axis, axis))
@@ -151,8 +164,8 @@ def test_ostium_plane_outside_the_surface_is_refused_or_flagged(tube):
 
 
 # ------------------------------------------------------------------------------------------ records
-def test_json_keys_are_the_documented_ones(tmp_path, tube):
-    m = tube[0]
+def test_json_keys_are_the_documented_ones(tmp_path, tube32):
+    m = tube32[0]
     m.to_json(tmp_path / "m.json")
     d = json.loads((tmp_path / "m.json").read_text())
     contour = {k for k, _, _ in CONTOUR_FIELDS}
@@ -253,8 +266,8 @@ def test_measure_cli_gives_identical_results_for_lps_and_ras_files(segmented, tm
     assert "already exists" in err and "Traceback" not in err
 
 
-def test_measure_cli_ostium_plane_in_both_frames_and_errors(tube, tmp_path, capsys):
-    base, rot, shift, mesh = tube
+def test_measure_cli_ostium_plane_in_both_frames_and_errors(tube32, tmp_path, capsys):
+    base, rot, shift, mesh = tube32
     path = tmp_path / "tube.stl"
     write_mesh(mesh, path)
     axis = rot @ [0.0, 0.0, 1.0]

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+#: The plane of the "placed ostium" comparison: the GT ostium plane moved this far into the LAA.
+PLANE_OFFSET_MM = 1.0
 OSTIUM_RGB = (255, 215, 0)
 LANDING_RGB = ((0, 200, 255), (60, 90, 255))
 CENTERLINE_RGB = (40, 190, 60)
@@ -57,6 +59,19 @@ def make_cases(work: Path, count: int, seed: int) -> list[Path]:
     return dirs
 
 
+def model_tag(model) -> str:
+    """The checkpoint's file name and SHA-256 prefix (segmentations are cached per model and resolution)."""
+    from NUDFCore.infer import default_model_path
+    from NUDFCore.provenance import model_sha256_prefix
+
+    path = Path(model) if model else default_model_path()
+    return f"{path.name} ({model_sha256_prefix(path)})"
+
+
+def _seg_file(case_dir: Path, model, resolution: float) -> Path:
+    return case_dir / f"nudf_{resolution:g}mm_{model_tag(model).split('(')[1][:-1]}.vtp"
+
+
 def evaluate_case(case_dir: Path, model, resolution: float, device: str) -> dict:
     from NUDFCore.infer import SegmentOptions, segment
     from NUDFCore.io import read_mesh, read_volume, write_mesh
@@ -71,8 +86,8 @@ def evaluate_case(case_dir: Path, model, resolution: float, device: str) -> dict
     row = {"case": case_dir.name, "morphology": meta.get("morphology", "?"),
            "meta": {k: meta["laa"][k] for k in ("ostium_long_axis_mm", "ostium_short_axis_mm", "depth_mm", "volume_ml")},
            "gt": gt.flat_row(), "gt_warnings": gt.warnings, "measure_s": measure_s}
-    seg_file = case_dir / f"nudf_{resolution:g}mm.vtp"
-    if seg_file.is_file():  # segmentations are cached per resolution (delete the file to redo it)
+    seg_file = _seg_file(case_dir, model, resolution)
+    if seg_file.is_file():  # cached per model and resolution (delete the file to redo it)
         seg_mesh = read_mesh(seg_file)
     else:
         result = segment(read_volume(case_dir / "ct.nii.gz"), seed_lps=meta["seed_lps"], model=model,
@@ -86,6 +101,13 @@ def evaluate_case(case_dir: Path, model, resolution: float, device: str) -> dict
         row["error"] = f"{type(exc).__name__}: {exc}"
         return row
     row.update(seg=seg.flat_row(), seg_warnings=seg.warnings, diff=compare_measurements(seg, gt))
+    # a clinician's ostium: both surfaces re-cut at the GT's ostium plane moved PLANE_OFFSET_MM into the LAA
+    plane = (gt.ostium.center_lps + PLANE_OFFSET_MM * gt.ostium.normal_lps, gt.ostium.normal_lps)
+    try:
+        seg_p, gt_p = measure_laa(seg_mesh, ostium_plane_lps=plane), measure_laa(gt_mesh, ostium_plane_lps=plane)
+        row.update(plane_warnings=seg_p.warnings, diff_plane=compare_measurements(seg_p, gt_p))
+    except Exception as exc:
+        row["plane_error"] = f"{type(exc).__name__}: {exc}"
     return row
 
 
@@ -127,36 +149,38 @@ def gt_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def diff_table(rows: list[dict]) -> str:
-    """Segmentation − GT, per case, then mean and worst absolute error."""
-    ok = [r for r in rows if "diff" in r]
+def diff_table(rows: list[dict], key: str = "diff", warnings: str = "seg_warnings", error: str = "error") -> str:
+    """Segmentation − GT (``rows[i][key]``), per case, then mean and worst absolute error."""
+    ok = [r for r in rows if key in r]
     lines = ["| case | morphology | MSD mm | " + " | ".join(h for _, h, _ in DIFF_COLUMNS) + " | warnings |",
              "|" + "---|" * (len(DIFF_COLUMNS) + 4)]
     for r in ok:
         lines.append(f"| {r['case']} | {r['morphology']} | {r['msd_mm']:.2f} | "
-                     + " | ".join(_fmt(f, r["diff"][k]) for k, _, f in DIFF_COLUMNS)
-                     + f" | {len(r['seg_warnings'])} |")
+                     + " | ".join(_fmt(f, r[key][k]) for k, _, f in DIFF_COLUMNS)
+                     + f" | {len(r[warnings])} |")
     for name, fn in (("mean \\|err\\|", np.nanmean), ("worst \\|err\\|", np.nanmax)):
         cells = []
         for k, _, f in DIFF_COLUMNS:
-            vals = np.abs([r["diff"][k] for r in ok], dtype=np.float64)
+            vals = np.abs([r[key][k] for r in ok], dtype=np.float64)
             cells.append(_fmt(f.replace("+", ""), fn(vals)) if np.isfinite(vals).any() else "n/a")
         msd = fn([r["msd_mm"] for r in ok]) if ok else float("nan")
         lines.append(f"| **{name}** | | {_fmt('{:.2f}', msd)} | " + " | ".join(cells) + " | |")
-    failed = [r for r in rows if "error" in r]
+    failed = [r for r in rows if error in r]
     if failed:
         lines.append("")
-        lines.append("Not measurable: " + "; ".join(f"{r['case']} ({r['error']})" for r in failed))
+        lines.append("Not measurable: " + "; ".join(f"{r['case']} ({r[error]})" for r in failed))
     return "\n".join(lines)
 
 
-def picture(case_dir: Path, resolution: float, out: Path) -> Path:
-    """The README picture: a case's segmentation with its ostium and landing-zone contours and centreline."""
+def picture(case_dir: Path, model, resolution: float, out: Path, source: str) -> Path:
+    """The README picture: one case's surface (``source``: "seg" = the segmentation at its learned cut, "gt" = the
+    exact GT mesh) with its ostium (yellow) and landing-zone (cyan, blue) contours and its centreline (green),
+    seen side-on: perpendicular to the ostium normal and to the ostium → apex direction."""
     from NUDFCore.io import read_mesh
     from NUDFCore.measure import measure_laa
     from NUDFCore.report import render_3d
 
-    mesh = read_mesh(case_dir / f"nudf_{resolution:g}mm.vtp")
+    mesh = read_mesh(_seg_file(case_dir, model, resolution) if source == "seg" else case_dir / "laa.vtp")
     m = measure_laa(mesh)
 
     def closed(p: np.ndarray) -> np.ndarray:
@@ -164,8 +188,11 @@ def picture(case_dir: Path, resolution: float, out: Path) -> Path:
 
     curves = [(closed(m.ostium.contour_lps), OSTIUM_RGB), (m.centerline_lps, CENTERLINE_RGB)]
     curves += [(closed(z.contour_lps), rgb) for z, rgb in zip(m.landing_zones, LANDING_RGB) if z is not None]
-    view = -m.ostium.normal_lps + 1.2 * np.cross(m.ostium.normal_lps, [0.0, 0.0, 1.0])  # side-on, from the LA
-    return render_3d(mesh, out, size=(800, 600), view_direction_lps=view, curves_lps=curves, mesh_opacity=0.5,
+    view = np.cross(m.ostium.normal_lps, m.apex_lps - m.ostium.center_lps)
+    if np.linalg.norm(view) < 1e-6:
+        view = np.cross(m.ostium.normal_lps, [0.0, 0.0, 1.0])
+    view = view / np.linalg.norm(view) - 0.35 * m.ostium.normal_lps  # a little from the atrium's side
+    return render_3d(mesh, out, size=(800, 600), view_direction_lps=view, curves_lps=curves, mesh_opacity=0.45,
                      overwrite=True)
 
 
@@ -182,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the per-case rows as JSON")
     p.add_argument("--picture", type=Path, default=None, help="write the measurement picture of one case (PNG)")
     p.add_argument("--picture-case", type=int, default=0, help="which case the picture shows (default: the first)")
+    p.add_argument("--picture-source", choices=("seg", "gt"), default="seg",
+                   help="the picture shows the segmentation (default) or the exact GT mesh")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / f"nudf_measure_{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
@@ -192,15 +221,18 @@ def main(argv=None) -> int:
         rows.append(evaluate_case(d, args.model, args.resolution, args.device))
         print(f"{d.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(f"\n{len(rows)} held-out compact phantoms (seeds {args.seed}-{args.seed + args.count - 1}), segmentation "
-          f"at {args.resolution:g} mm; machine: {_machine()}\n")
+          f"at {args.resolution:g} mm by {model_tag(args.model)}; machine: {_machine()}\n")
     print("GT mesh measured by NUDFCore.measure vs the phantom's own figures:\n")
     print(gt_table(rows))
-    print("\nSegmentation − GT (both measured by NUDFCore.measure):\n")
+    print("\nSegmentation − GT, each measured at its own ostium (the learned cut / the GT rim):\n")
     print(diff_table(rows))
+    print(f"\nSegmentation − GT, both re-cut at the same placed ostium plane (the GT ostium plane moved "
+          f"{PLANE_OFFSET_MM:g} mm into the LAA):\n")
+    print(diff_table(rows, "diff_plane", "plane_warnings", "plane_error"))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
     if args.picture:
-        print(f"\nwrote {picture(dirs[args.picture_case], args.resolution, args.picture)}")
+        print(f"\nwrote {picture(dirs[args.picture_case], args.model, args.resolution, args.picture, args.picture_source)}")
     return 0
 
 
