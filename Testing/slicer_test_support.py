@@ -82,12 +82,12 @@ def run_isolated_nudf(pythonpath: Path, args: list[str], cwd: Path, record: Path
 
 
 def read_record(record: Path) -> dict:
-    return json.loads(Path(record).read_text())
+    return json.loads(Path(record).read_text(encoding="utf-8"))
 
 
 def selftest_case() -> dict:
     """The module's shipped self-test case: paths and seed (LPS) as a ``--seed-lps=`` argument."""
     data = MODULE_DIR / "Resources" / "Testing"
-    info = json.loads((data / "case.json").read_text())
+    info = json.loads((data / "case.json").read_text(encoding="utf-8"))
     return {"ct": data / "ct.nrrd", "laa": data / "laa.vtp", "seed_lps": info["seed_lps"],
             "seed_arg": "--seed-lps=" + ",".join(f"{v:.6f}" for v in info["seed_lps"])}

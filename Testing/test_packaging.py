@@ -20,12 +20,12 @@ from slicer_test_support import ROOT, read_record, run_isolated_nudf, selftest_c
 from NUDFCore import CLI_REQUIREMENTS, RUNTIME_REQUIREMENTS
 from NUDFCore.provenance import FIELDS, model_sha256_prefix
 
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 MODEL = ROOT / "NUDFCore" / "models" / "nudf_laa.pt"
 
 
 def test_license_file_and_licence_metadata():
-    text = (ROOT / "LICENSE").read_text()
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000  # the full text, not a stub
     project = PYPROJECT["project"]
@@ -91,7 +91,7 @@ def test_a_wheel_install_segments_without_a_model_argument(wheel, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert Path(read_record(record)["nudfcore_file"]).is_relative_to(site)
     assert out.stat().st_size > 10_000 and run.stdout.startswith(f"Wrote {out}")
-    sidecar = json.loads(out.with_suffix(".json").read_text())
+    sidecar = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert tuple(sidecar) == FIELDS
     assert sidecar["model_file"] == "nudf_laa.pt" and sidecar["model_sha256"] == model_sha256_prefix(MODEL)
     np.testing.assert_allclose(sidecar["seed_lps"], case["seed_lps"], atol=1e-5)
@@ -112,4 +112,4 @@ def test_segment_refuses_an_existing_sidecar_before_the_work(tmp_path, capsys):
     rc = main(["segment", str(case["ct"]), case["seed_arg"], "--out", str(out), "--progress-format", "none"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "laa.json" in err and "--force" in err
-    assert not out.exists() and out.with_suffix(".json").read_text() == "{}"
+    assert not out.exists() and out.with_suffix(".json").read_text(encoding="utf-8") == "{}"

@@ -59,7 +59,7 @@ def build(tmp_path_factory) -> dict:
 
 
 def test_configure_registers_the_self_test(build):
-    tests = (build["build"] / "slicer_python_unittests.txt").read_text().splitlines()
+    tests = (build["build"] / "slicer_python_unittests.txt").read_text(encoding="utf-8").splitlines()
     assert tests == [f"py_NUDFSegmentation|{MODULE_DIR / 'NUDFSegmentation.py'}"]
 
 
@@ -138,13 +138,13 @@ def test_the_installed_module_logic_passes_its_self_test_headless(build, tmp_pat
 
 def test_every_path_the_cmake_files_name_exists():
     """Static companion of the configure test (runs without cmake): paths named in both CMakeLists.txt."""
-    text = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "NUDFSegmentation")
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "NUDFSegmentation")
     named = set(re.findall(r"^\s+((?:NUDFSegmentation|Resources|NUDFCore)[\w./-]*\.\w+)\s*$", text, re.M))
     assert len(named) >= 20
     for rel in named:
         path = (ROOT / rel) if rel.startswith("NUDFCore/") else (MODULE_DIR / rel)
         assert path.is_file(), rel
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "add_subdirectory(NUDFSegmentation)" in top and (ROOT / "LICENSE").is_file()
 
 
@@ -152,7 +152,7 @@ def test_every_path_the_cmake_files_name_exists():
 def _read_json(path: Path) -> dict:
     import json
 
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _third_party_imports(path: Path) -> set[str]:

@@ -41,7 +41,7 @@ MAX_MEAN_DISTANCE_MM = 1.0
 
 def _case(phantom_case) -> dict:
     case_dir = Path(phantom_case.case_dir)
-    meta = json.loads((case_dir / "meta.json").read_text())
+    meta = json.loads((case_dir / "meta.json").read_text(encoding="utf-8"))
     return {"ct": case_dir / "ct.nii.gz", "laa": case_dir / "laa.vtp",
             "seed_ras": np.asarray(meta["seed_ras"], float), "seed_lps": np.asarray(meta["seed_lps"], float)}
 

@@ -194,7 +194,7 @@ def test_the_mrml_tier_is_slicer_core_pinned_in_the_test_extra():
 
     slicer = require_slicer_core()
     assert slicer.vtkMRMLScene().GetNumberOfNodes() >= 0
-    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]["test"]
     pins = dict(r.split("==") for r in test_extra if "==" in r)
     assert pins["slicer-core"] == importlib.metadata.version("slicer-core")
     assert pins["vtk"] == importlib.metadata.version("vtk")

@@ -189,7 +189,7 @@ def checkEngineEndToEnd(scene, loadVolume: LoadVolume, resolutionMm: float = ENG
 
     from .SegmentationLogic import SegmentationLogic
 
-    info = json.loads((TEST_DATA_DIR / "case.json").read_text())
+    info = json.loads((TEST_DATA_DIR / "case.json").read_text(encoding="utf-8"))
     volume = loadVolume(scene, TEST_DATA_DIR / "ct.nrrd", "SelfTestCT")
     seed = addSeedNode(scene, lps_to_ras(np.asarray(info["seed_lps"], float)), "SelfTest LAA seed")
     options = SegmentOptions(resolution_mm=resolutionMm, device="cpu")
