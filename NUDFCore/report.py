@@ -265,6 +265,17 @@ def _polyline_segments(curves) -> list[tuple[np.ndarray, Sequence[int]]]:
     return out
 
 
+def _solid_actor(port, rgb: Sequence[int]) -> vtk.vtkActor:
+    """An actor drawing a pipeline's output in one colour (no scalar colouring)."""
+    mapper = vtk.vtkPolyDataMapper()
+    mapper.SetInputConnection(port)
+    mapper.ScalarVisibilityOff()
+    a = vtk.vtkActor()
+    a.SetMapper(mapper)
+    a.GetProperty().SetColor(*(c / 255.0 for c in rgb))
+    return a
+
+
 def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps, curves=(), mesh_opacity=1.0) -> np.ndarray:
     ren = vtk.vtkRenderer()
     ren.SetBackground(*(c / 255.0 for c in BACKGROUND_RGB))
@@ -298,12 +309,7 @@ def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps, curves=(), m
     edges.FeatureEdgesOff()
     edges.NonManifoldEdgesOff()
     edges.ManifoldEdgesOff()
-    rim_mapper = vtk.vtkPolyDataMapper()
-    rim_mapper.SetInputConnection(edges.GetOutputPort())
-    rim_mapper.ScalarVisibilityOff()
-    rim = vtk.vtkActor()
-    rim.SetMapper(rim_mapper)
-    rim.GetProperty().SetColor(*(c / 255.0 for c in RIM_RGB))
+    rim = _solid_actor(edges.GetOutputPort(), RIM_RGB)
     rim.GetProperty().SetLineWidth(3)
     ren.AddActor(rim)
 
@@ -324,13 +330,7 @@ def _render_3d_vtk(mesh_lps, gt_mesh_lps, size, view_direction_lps, curves=(), m
         tube.SetInputData(line)
         tube.SetRadius(max(0.2, 0.005 * float(np.ptp(pts, axis=0).max())))
         tube.SetNumberOfSides(12)
-        tube_mapper = vtk.vtkPolyDataMapper()
-        tube_mapper.SetInputConnection(tube.GetOutputPort())
-        tube_mapper.ScalarVisibilityOff()
-        tube_actor = vtk.vtkActor()
-        tube_actor.SetMapper(tube_mapper)
-        tube_actor.GetProperty().SetColor(*(c / 255.0 for c in rgb))
-        ren.AddActor(tube_actor)
+        ren.AddActor(_solid_actor(tube.GetOutputPort(), rgb))
     r, up, f = _view_basis(view_direction_lps)
     cam = ren.GetActiveCamera()
     cam.SetFocalPoint(*centre)
