@@ -890,11 +890,9 @@ def _refine_by_sections(curve: np.ndarray, surface: vtk.vtkPolyData, step: float
 
 
 def _centerline(closed: _Closed, ostium: np.ndarray, center: np.ndarray, normal: np.ndarray,
-                voxel_mm: float | None) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, float]:
-    """The centreline in LPS (see the module docstring).
-
-    Returns (points, index of the end of the medial part, start tangent, end tangent, voxel size used).
-    """
+                voxel_mm: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The centreline in LPS (see the module docstring): its points (the last one the apex on the wall), and its
+    unit tangents at the ostium and at the end of its medial part."""
     from scipy import ndimage
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import dijkstra
@@ -968,10 +966,9 @@ def _centerline(closed: _Closed, ostium: np.ndarray, center: np.ndarray, normal:
     loc.SetDataSet(surface)
     loc.BuildLocator()
     tip = _ray_hit(loc, medial[-1], t1, 3.0 * float(radius[end]) + 4.0 * h)
-    if tip is None:  # should not happen inside a closed surface; fall back to the nearest wall
+    if tip is None:  # cannot happen inside a closed surface; one inscribed radius on, then
         tip = medial[-1] + t1 * float(radius[end])
-    points = np.vstack([medial, tip])
-    return center + points @ rot.T, len(medial) - 1, rot @ t0, rot @ t1, h
+    return center + np.vstack([medial, tip]) @ rot.T, rot @ t0, rot @ t1
 
 
 # -------------------------------------------------------------------------------------- sections
@@ -1106,7 +1103,7 @@ def measure_laa(
                         "plane): the surface's rim is ragged or joined to a hole. Place the ostium plane for "
                         "reliable figures.")
 
-    line, medial_end, t0, t1, _ = _centerline(closed, loop, center, normal, voxel_mm)
+    line, t0, t1 = _centerline(closed, loop, center, normal, voxel_mm)
     length = _polyline_length(line)
     bend = math.degrees(math.acos(float(np.clip(t0 @ t1, -1.0, 1.0))))
     surface = closed.polydata()
