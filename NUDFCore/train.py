@@ -3,7 +3,7 @@
 One step: for each batch item pick a training case, centre a crop on a random point of the LAA lumen
 (+ jitter: a clinician's seed can be anywhere inside the appendage), rotate the crop axes slightly,
 augment intensities, draw query points of that case inside the crop with a fixed mix of kinds (lumen
-side / outer side / uniform, plus hard negatives on other edges and beyond the ostium, DESIGN §9), and
+side / outer side / uniform, plus hard negatives on other edges and beyond the ostium: docs/method.md), and
 minimise a truncated L1 loss in mm. Validation runs each epoch on fixed crops of the validation cases and
 reports the mean error near the surface and the **false-surface rate**, the error that dominated the
 first CPU experiment. Checkpoints: ``--out`` holds the best model (lowest validation loss), a sibling
