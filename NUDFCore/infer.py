@@ -332,11 +332,15 @@ def _choose_chunk(device, n_features: int) -> int:
 class NetworkField:
     """The network's unsigned distance field around one crop, callable on LPS points (numpy in/out).
 
-    The crop is encoded once; every call only runs the pointwise decoder, in chunks.
+    The crop is encoded once; every call only runs the pointwise decoder, in chunks — through
+    :class:`NUDFCore.decoder.FastDecoder` (the same numbers, ~4× faster on a CPU) when the network's decoder
+    is the plain stack it mirrors, else through :meth:`NUDFNet.query`.
     """
 
     def __init__(self, model, volume_sitk, geometry: CropGeometry, window: HUWindow, device, chunk: int):
         import torch
+
+        from .decoder import fast_decoder
 
         self.model = model
         self.geometry = geometry
@@ -346,6 +350,7 @@ class NetworkField:
         with torch.no_grad():
             t = torch.from_numpy(crop)[None, None].to(device)
             self.features = model.encode(t)
+        self.fast = fast_decoder(model, self.features)
 
     def _norm(self, points_lps: np.ndarray):
         import torch
@@ -356,6 +361,9 @@ class NetworkField:
     def udf(self, points_lps: np.ndarray) -> np.ndarray:
         if len(points_lps) == 0:
             return np.zeros(0)
+        if self.fast is not None:
+            u = self.fast.query(self._norm(points_lps)[0], chunk_size=self.chunk)
+            return u.float().cpu().numpy().astype(np.float64)
         u = self.model.query(self.features, self._norm(points_lps), chunk_size=self.chunk)
         return u[0].detach().float().cpu().numpy().astype(np.float64)
 
@@ -491,11 +499,8 @@ def segment(
                 res,
                 coarse_resolution=(max(opts.coarse_resolution_mm, res) if opts.coarse_resolution_mm else None),
                 keep_point=seed,
-                face_filter=max(2.0, tol / res),
-                candidate_slack=tol / res,
-                band_margin=tol,
-                project_steps=1,
                 min_component_fraction=opts.min_component_fraction,
+                **meshing.network_field_settings(res, tol),
                 progress=_progress,
                 cancel=opts.cancel,
             )

@@ -150,48 +150,53 @@ def non_manifold_edge_count(triangles: np.ndarray) -> int:
     return int((cnt > 2).sum())
 
 
+def _with_ids(mesh: vtk.vtkPolyData) -> vtk.vtkPolyData:
+    """A shallow copy of ``mesh`` carrying its point and cell ids as data arrays ``nudf_pid`` / ``nudf_cid``.
+
+    vtk filters renumber points and cells; these arrays map their output back to the input. (vtkIdFilter was
+    renamed vtkGenerateIds in VTK 9.4; adding the arrays by hand works with the VTK of every Slicer ≥ 5.4.)
+    """
+    out = vtk.vtkPolyData()
+    out.ShallowCopy(mesh)
+    for data, n, name in ((out.GetPointData(), mesh.GetNumberOfPoints(), "nudf_pid"),
+                          (out.GetCellData(), mesh.GetNumberOfCells(), "nudf_cid")):
+        arr = numpy_support.numpy_to_vtkIdTypeArray(np.arange(n, dtype=np.int64), deep=True)
+        arr.SetName(name)
+        data.AddArray(arr)
+    return out
+
+
 def boundary_loops(mesh: vtk.vtkPolyData) -> list[np.ndarray]:
     """Closed boundary loops as ordered arrays of point ids, longest first.
 
-    A boundary edge belongs to one face only; loops are traced by walking boundary edges (vertices where
-    several loops touch are handled by taking edges in order of discovery).
+    vtkFeatureEdges (boundary edges only) chained into polylines by vtkStripper; a loop's repeated end
+    point is dropped. Where loops touch at a vertex the stripper decides how they are split.
     """
-    tris = polydata_triangles(mesh)
-    if len(tris) == 0:
+    if mesh.GetNumberOfCells() == 0:
         return []
-    edges = boundary_edges(tris)
-    adj: dict[int, list[int]] = defaultdict(list)
-    for a, b in edges:
-        adj[int(a)].append(int(b))
-        adj[int(b)].append(int(a))
-    used: set[tuple[int, int]] = set()
-    loops: list[np.ndarray] = []
-    for a, b in edges:
-        key = (int(a), int(b))
-        if key in used:
-            continue
-        used.add(key)
-        loop = [int(a), int(b)]
-        prev, cur = int(a), int(b)
-        while cur != loop[0]:
-            nxt = None
-            for c in adj[cur]:
-                k = (min(cur, c), max(cur, c))
-                if k not in used and c != prev:
-                    nxt = c
-                    used.add(k)
-                    break
-            if nxt is None:
-                for c in adj[cur]:  # close back to start through an already-seen edge
-                    if c == loop[0] and (min(cur, c), max(cur, c)) in used and len(loop) > 2:
-                        nxt = c
-                        break
-            if nxt is None:
-                break
-            prev, cur = cur, nxt
-            if cur != loop[0]:
-                loop.append(cur)
-        loops.append(np.array(loop, dtype=np.int64))
+    edges = vtk.vtkFeatureEdges()
+    edges.SetInputData(_with_ids(mesh))
+    edges.BoundaryEdgesOn()
+    edges.FeatureEdgesOff()
+    edges.NonManifoldEdgesOff()
+    edges.ManifoldEdgesOff()
+    edges.ColoringOff()
+    strip = vtk.vtkStripper()
+    strip.SetInputConnection(edges.GetOutputPort())
+    strip.JoinContiguousSegmentsOn()
+    strip.Update()
+    lines = strip.GetOutput()
+    if lines.GetNumberOfLines() == 0:
+        return []
+    pid = numpy_support.vtk_to_numpy(lines.GetPointData().GetArray("nudf_pid")).astype(np.int64)
+    conn = numpy_support.vtk_to_numpy(lines.GetLines().GetConnectivityArray()).astype(np.int64)
+    offsets = numpy_support.vtk_to_numpy(lines.GetLines().GetOffsetsArray()).astype(np.int64)
+    loops = []
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        ids = pid[conn[a:b]]
+        if len(ids) > 1 and ids[-1] == ids[0]:
+            ids = ids[:-1]
+        loops.append(ids)
     loops.sort(key=len, reverse=True)
     return loops
 
@@ -203,19 +208,29 @@ def loop_length(points: np.ndarray, loop: np.ndarray) -> float:
 
 
 def connected_components(mesh: vtk.vtkPolyData) -> np.ndarray:
-    """Component label per triangle (faces connected through shared vertices), labels by decreasing size."""
-    tris = polydata_triangles(mesh)
-    n_pts = mesh.GetNumberOfPoints()
-    if len(tris) == 0:
-        return np.zeros(0, dtype=np.int64)
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as cc
+    """Component label per triangle (faces connected through shared vertices), labels by decreasing size.
 
-    rows = np.repeat(np.arange(len(tris)), 3)
-    m = coo_matrix((np.ones(len(rows)), (rows, tris.ravel())), shape=(len(tris), n_pts)).tocsr()
-    face_adj = m @ m.T
-    _, labels = cc(face_adj, directed=False)
-    order = np.argsort(-np.bincount(labels))
+    vtkPolyDataConnectivityFilter (all regions, coloured) labels the points; a face takes its first vertex's
+    label. Labels are then renumbered by decreasing face count (0 = the largest component).
+    """
+    n_cells = mesh.GetNumberOfCells()
+    if n_cells == 0:
+        return np.zeros(0, dtype=np.int64)
+    conn = vtk.vtkPolyDataConnectivityFilter()
+    conn.SetInputData(_with_ids(mesh))
+    conn.SetExtractionModeToAllRegions()
+    conn.ColorRegionsOn()
+    conn.Update()
+    out = conn.GetOutput()
+    n_out = out.GetNumberOfPoints()
+    pid = numpy_support.vtk_to_numpy(out.GetPointData().GetArray("nudf_pid"))[:n_out].astype(np.int64)
+    region = numpy_support.vtk_to_numpy(out.GetPointData().GetArray("RegionId"))[:n_out].astype(np.int64)
+    point_region = np.full(mesh.GetNumberOfPoints(), -1, dtype=np.int64)
+    point_region[pid] = region
+    labels = point_region[polydata_triangles(mesh)[:, 0]]
+    if np.any(labels < 0):
+        raise RuntimeError("internal: vtkPolyDataConnectivityFilter left a face unlabelled")
+    order = np.argsort(-np.bincount(labels), kind="stable")
     remap = np.empty_like(order)
     remap[order] = np.arange(len(order))
     return remap[labels]
@@ -238,13 +253,18 @@ def keep_largest_component(mesh: vtk.vtkPolyData) -> vtk.vtkPolyData:
 def back_to_back_face_pairs(mesh: vtk.vtkPolyData, tol_mm: float | None = None) -> int:
     """Count pairs of faces lying on top of each other with opposite orientation (a double layer).
 
-    Two faces count as a pair when one's centroid lies within ``tol_mm`` of the other face's plane *and* of
-    the other face itself, and their normals are opposite (dot < -0.9). Shared-edge neighbours on a flat
-    sheet have equal, not opposite, normals, so a single layer scores 0. Default tolerance: 1/4 of the
-    median edge length.
+    Two faces count as a pair when their centroids lie within ``tol_mm`` of each other and their normals are
+    opposite (dot < -0.9). Shared-edge neighbours on a flat sheet have equal, not opposite, normals, so a
+    single layer scores 0. Slivers (area below 1 % of the median face) are left out: marching cubes makes
+    them where the surface passes within a hair of a grid node, and their normals are round-off, not a layer.
+    Default tolerance: 1/4 of the median edge length.
     """
     pts = polydata_points(mesh)
     tris = polydata_triangles(mesh)
+    if len(tris) < 2:
+        return 0
+    areas = triangle_areas(pts, tris)
+    tris = tris[areas >= 0.01 * np.median(areas)]
     if len(tris) < 2:
         return 0
     normals = face_normals(pts, tris)

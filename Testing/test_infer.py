@@ -186,3 +186,37 @@ def test_cancel_raises(ct, phantom_case, model_path):
         segment(ct, seed_lps=phantom_case.seed_lps, model=model_path,
                 options=SegmentOptions(resolution_mm=1.0, cancel=cancel))
     assert issubclass(SegmentationCancelled, SegmentationError)
+
+
+# ------------------------------------------------------------------------------------------ fast decoder
+@pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("tiny", {"use_xyz": False, "decoder": [32, 16, 8]}),
+                                              ("small", {})])
+def test_fast_decoder_gives_the_reference_distances(preset, overrides, model_path):
+    """FastDecoder re-orders the decoder's arithmetic (channels-last gathers, split first layer, addmm): it must
+    give NUDFNet.decode's numbers, inside the crop and beyond its border (grid_sample's border clamping)."""
+    from NUDFCore.decoder import fast_decoder
+    from NUDFCore.model import load_checkpoint
+
+    torch.manual_seed(0)
+    net = NUDFNet(ModelConfig.preset(preset, **overrides)).eval()
+    for model in (net, load_checkpoint(model_path)) if preset == "small" else (net,):
+        n = model.config.crop_n
+        with torch.no_grad():
+            feats = model.encode(torch.randn(1, 1, n, n, n) * 0.4)
+            points = torch.rand(1, 5000, 3, generator=torch.Generator().manual_seed(1)) * 2.6 - 1.3
+            ref = model.decode(feats, points)[0]
+        fast = fast_decoder(model, feats)
+        assert fast is not None
+        out = fast.query(points[0], chunk_size=1234)  # several chunks, one ragged
+        assert out.shape == ref.shape
+        assert torch.allclose(out, ref, atol=1e-5 * max(1.0, float(ref.abs().max()))), float((out - ref).abs().max())
+
+
+def test_fast_decoder_declines_a_decoder_it_does_not_mirror():
+    from NUDFCore.decoder import fast_decoder
+
+    net = NUDFNet(ModelConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        feats = net.encode(torch.zeros(1, 1, 32, 32, 32))
+    net.decoder[1] = torch.nn.Tanh()  # not the Conv1d/ReLU stack
+    assert fast_decoder(net, feats) is None

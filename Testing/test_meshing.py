@@ -3,6 +3,10 @@
 Shapes: an open hemisphere cap, a flat disk and a spherical zone (a curved sheet with a hole). Their exact
 UDF and gradient come from the closest point in closed form, so errors are measured exactly: mesh samples
 -> surface with the analytic UDF, surface samples -> mesh with meshtools.point_to_mesh_distance.
+
+Network-like fields (the second half): what a network returns is not an exact UDF. It has a positive floor
+(``sqrt(d² + b²)`` or ``d + b``, b = 0.1–0.5 mm), smooth noise, thin lobes whose two walls are 1–2 mm apart,
+and an open rim; they are meshed with the settings ``segment`` uses (:func:`meshing.network_field_settings`).
 """
 from __future__ import annotations
 
@@ -109,19 +113,18 @@ def assert_single_open_sheet(mesh, n_loops):
     assert meshtools.non_manifold_edge_count(polydata_triangles(mesh)) == 0
 
 
-# ------------------------------------------------------------------------------------------ the table
-def test_committed_table_matches_skimage_and_is_crack_free():
-    from NUDFCore.mc_table import MC_TRIANGLES
-
-    assert list(MC_TRIANGLES) == meshing.generate_mc_table()
-    # Any *global* sign field gives a closed, consistently wound surface inside the lattice.
+# ------------------------------------------------------------------------------------ marching cubes
+def test_vtk_marching_cubes_on_pseudo_signs_is_crack_free_and_masked():
+    """Any *global* sign field gives a closed, consistently wound surface inside the lattice, and only the
+    cubes asked for produce triangles (vtkFlyingEdges3D has no mask: the others are dropped after)."""
     rng = np.random.default_rng(0)
     lat = meshing._Lattice(np.zeros(3), 1.0, (9, 9, 9))
     keys = np.arange(10**3, dtype=np.int64)
     cubes = np.argwhere(np.ones((9, 9, 9), bool))
     for _ in range(3):
         signs = rng.random(len(keys)) < 0.5
-        pts, tris = meshing._march(lat, cubes, keys, np.ones(len(keys)), signs)
+        u = rng.uniform(0.05, 1.0, len(keys))
+        pts, tris = meshing._march(lat, cubes, keys, u, signs)
         directed = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
         _, dcount = np.unique(directed, axis=0, return_counts=True)
         assert dcount.max() == 1  # consistent winding: no directed edge used twice
@@ -130,6 +133,14 @@ def test_committed_table_matches_skimage_and_is_crack_free():
         open_edges = und[count == 1]
         on_border = np.any((pts[open_edges] < 1e-9) | (pts[open_edges] > 9 - 1e-9), axis=2).all(axis=1)
         assert on_border.all()  # the only open edges are on the lattice's outer faces
+        # vertices sit on lattice edges at t = u_a / (u_a + u_b)
+        frac = pts - np.floor(pts)
+        assert np.all((np.abs(frac) < 1e-6).sum(axis=1) >= 2)
+        subset = cubes[rng.random(len(cubes)) < 0.4]
+        p2, t2 = meshing._march(lat, subset, keys, u, signs)
+        assert 0 < len(t2) < len(tris)
+        owner = {tuple(c) for c in np.floor(p2[t2].mean(axis=1)).astype(int)}
+        assert owner <= {tuple(c) for c in subset}
 
 
 # ---------------------------------------------------------------------------- exact and noisy fields
@@ -147,7 +158,7 @@ def test_exact_udf_gives_one_open_sheet_within_5_percent_of_spacing(name, h):
     rim_length = {"cap": 2 * np.pi * 8, "disk": 2 * np.pi * 7, "zone": 2 * np.pi * 9 * (np.sin(0.35) + np.sin(1.1))}
     area = meshtools.mesh_area(res.mesh)
     assert exact_area[name] - 0.5 * h * rim_length[name] < area < 1.005 * exact_area[name]
-    u = meshing._point_array(res.mesh, "udf")
+    u = meshing._point_array(res.mesh, meshing.DISTANCE_ARRAY)
     assert u is not None and u.mean() < 0.02 * h
 
 
@@ -220,6 +231,155 @@ def test_adaptive_evaluation_saves_queries_in_a_large_box():
     assert set(res.timings) >= {"coarse", "refine", "signs", "marching_cubes", "face_filter", "total"}
 
 
+# ------------------------------------------------------------------------------- network-like fields
+LOBE_SHIFT = np.array([0.13, -0.07, 0.11])  # off the lattice: real walls never sit exactly on grid nodes
+LOBE_HALF = (6.0, 5.0)  # the lobe's mid-surface: the rectangle |x| <= 6, |y| <= 5 (before the shift)
+LOBE_CUT_X = 3.0  # open rim: the lobe is cut at x = 3 and kept on x <= 3
+
+
+def _closest_on_rectangle(p: np.ndarray) -> np.ndarray:
+    c = np.array(p, dtype=float, copy=True)
+    c[..., 0] = np.clip(c[..., 0], -LOBE_HALF[0], LOBE_HALF[0])
+    c[..., 1] = np.clip(c[..., 1], -LOBE_HALF[1], LOBE_HALF[1])
+    c[..., 2] = 0.0
+    return c
+
+
+class ThinLobe:
+    """A thin lobe: both walls of a flat pocket ``gap`` mm apart, joined by a fold of radius gap/2 on three sides
+    and open on the fourth — the offset surface (distance r = gap/2) of a rectangle, cut at x = 3.
+
+    Exact UDF in closed form: where the offset surface's closest point is kept (x <= 3) it is ``|d_rect - r|``;
+    otherwise the closest kept point is on the rim, the offset (by r) of the rectangle's edge in the plane
+    x = 3 (no kept wall or fold has a foot point there: they share the query's x). ``mesh`` (marched at 0.1 mm,
+    vertices projected exactly onto the surface) serves for sampling only.
+    """
+
+    def __init__(self, gap: float) -> None:
+        import vtk
+        from vtk.util import numpy_support
+
+        self.r = r = gap / 2.0
+        a, b = LOBE_HALF
+        self.area = 2 * (LOBE_CUT_X + a) * 2 * b + np.pi * r * (2 * (LOBE_CUT_X + a) + 2 * b) + 2 * np.pi * r * r
+        lo, step = np.array([-a - r - 0.3, -b - r - 0.3, -r - 0.3]), 0.1
+        n = np.ceil(-2 * lo / step).astype(int) + 1
+        z, y, x = np.meshgrid(*[lo[i] + step * np.arange(n[i]) for i in (2, 1, 0)], indexing="ij")
+        grid = np.stack([x, y, z], axis=-1)
+        img = vtk.vtkImageData()
+        img.SetDimensions(*[int(v) for v in n])
+        img.SetOrigin(*lo)
+        img.SetSpacing(step, step, step)
+        sdf = np.linalg.norm(grid - _closest_on_rectangle(grid), axis=-1) - r
+        img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(sdf.ravel(), deep=True))
+        fe = vtk.vtkFlyingEdges3D()
+        fe.SetInputData(img)
+        fe.SetValue(0, 0.0)
+        fe.Update()
+        pts, tris = polydata_points(fe.GetOutput()), polydata_triangles(fe.GetOutput())
+        c = _closest_on_rectangle(pts)
+        pts = c + r * (pts - c) / np.linalg.norm(pts - c, axis=1, keepdims=True)
+        self.mesh = meshtools.clip_by_plane(make_polydata(pts + LOBE_SHIFT, tris), LOBE_SHIFT + [LOBE_CUT_X, 0, 0],
+                                            np.array([-1.0, 0.0, 0.0]))
+
+    def udf(self, p_lps: np.ndarray) -> np.ndarray:
+        p = np.asarray(p_lps, dtype=float) - LOBE_SHIFT
+        c = _closest_on_rectangle(p)
+        v = p - c
+        d = np.linalg.norm(v, axis=1)
+        foot_x = np.where(d > 0, c[:, 0] + self.r * v[:, 0] / np.maximum(d, 1e-300), p[:, 0])
+        in_plane = np.hypot(np.maximum(np.abs(p[:, 1]) - LOBE_HALF[1], 0.0), p[:, 2])
+        to_rim = np.hypot(p[:, 0] - LOBE_CUT_X, in_plane - self.r)
+        return np.where(foot_x <= LOBE_CUT_X, np.abs(d - self.r), to_rim)
+
+
+_LOBES: dict[float, ThinLobe] = {}
+
+
+def thin_lobe(gap: float) -> ThinLobe:
+    if gap not in _LOBES:
+        _LOBES[gap] = ThinLobe(gap)
+    return _LOBES[gap]
+
+
+def smooth_noise(amplitude: float, wavelength: float, seed: int, waves: int = 12):
+    """A smooth random field (a sum of plane waves of about one wavelength; standard deviation
+    ``amplitude``): a network's error varies smoothly, it is not independent from point to point."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(waves, 3))
+    k = 2 * np.pi / wavelength * d / np.linalg.norm(d, axis=1, keepdims=True) * rng.uniform(0.7, 1.3, (waves, 1))
+    phase = rng.uniform(0, 2 * np.pi, waves)
+    return lambda p: amplitude * np.sqrt(2.0 / waves) * np.cos(np.asarray(p) @ k.T + phase).sum(axis=1)
+
+
+def network_like(udf, floor: float, kind: str, noise):
+    """``sqrt(d² + b²)`` (a blurred valley) or ``d + b`` (a hard floor), plus smooth noise, clamped at 0."""
+    if kind == "soft":
+        return lambda p: np.maximum(np.sqrt(udf(p) ** 2 + floor**2) + noise(p), 0.0)
+    return lambda p: np.maximum(udf(p) + floor + noise(p), 0.0)
+
+
+@pytest.mark.parametrize("gap,floor,kind", [(1.0, 0.1, "soft"), (1.0, 0.5, "soft"), (2.0, 0.5, "soft"), (2.0, 0.3, "hard")])
+def test_thin_lobe_of_a_network_like_field_at_segment_settings(gap, floor, kind):
+    """Two walls 1–2 mm apart, a floor, smooth noise, an open rim, meshed as ``segment`` meshes (0.25 mm,
+    1 mm field tolerance): one sheet per wall, nothing in between, no flange beyond the rim (see below).
+
+    Known limit, asserted as such: the lobe's mouth is only ``gap`` wide, narrower than twice the field
+    tolerance, and the unavoidable sign seam of the open rim may bridge it (at most the mouth's own area,
+    within gap/2 of the walls). An LAA's ostium is 15–30 mm wide: there the seam is cut by the face filter.
+    """
+    from NUDFCore.infer import SegmentOptions
+
+    opts = SegmentOptions()
+    h = opts.resolution_mm
+    lobe = thin_lobe(gap)
+    field = network_like(lobe.udf, floor, kind, smooth_noise(0.02, 6.0, seed=1))
+    res = meshing.extract_open_surface(
+        field, None, LOBE_SHIFT - [9.0, 8.0, 5.0], LOBE_SHIFT + [9.0, 8.0, 5.0], h, keep_point=LOBE_SHIFT,
+        min_component_fraction=opts.min_component_fraction, **meshing.network_field_settings(h, opts.field_tolerance_mm))
+    mesh = res.mesh
+    assert meshtools.connected_components(mesh).max() == 0  # the folds hold both walls together
+    assert len(meshtools.boundary_loops(mesh)) <= 1
+    ratio = meshtools.mesh_area(mesh) / lobe.area
+    mouth = 2 * LOBE_HALF[1] * gap / lobe.area
+    assert 0.95 <= ratio <= 1.0 + max(0.05, mouth), ratio
+    on_mesh = meshtools.sample_surface(mesh, 5000, seed=0)[0]
+    to_mesh = meshtools.unsigned_distance(mesh, meshtools.sample_surface(lobe.mesh, 5000, seed=1)[0])
+    msd = 0.5 * (lobe.udf(on_mesh).mean() + to_mesh.mean())
+    assert msd <= 0.1 * h, (msd, msd / h)
+    vertices = polydata_points(mesh)
+    local = vertices - LOBE_SHIFT
+    samples = on_mesh - LOBE_SHIFT
+    rim_length = 2 * 2 * LOBE_HALF[1] + 2 * np.pi * lobe.r
+    flange_area = meshtools.mesh_area(mesh) * np.mean(samples[:, 0] > LOBE_CUT_X)
+    # flange beyond the rim: at most a cell on average, 1.5 for the blurred 0.5 mm floor (there the field rises
+    # only ~0.06 mm a cell beyond the rim, three times its noise), and nowhere longer than two cells
+    allowed = 1.5 if (kind == "soft" and floor >= 0.5) else 1.0
+    assert flange_area <= allowed * h * rim_length, flange_area / rim_length / h
+    assert local[:, 0].max() <= LOBE_CUT_X + 2 * h
+    away_from_mouth = local[:, 0] < LOBE_CUT_X - gap
+    assert lobe.udf(vertices[away_from_mouth]).max() <= h  # no stray sheet anywhere else
+    assert lobe.udf(vertices).max() <= gap / 2 + h
+    flat = ((np.abs(samples[:, 0]) < LOBE_HALF[0] - gap) & (samples[:, 0] < LOBE_CUT_X - gap)
+            & (np.abs(samples[:, 1]) < LOBE_HALF[1] - gap))
+    assert not np.any(flat & (np.abs(samples[:, 2]) < gap / 4))  # nothing midway between the walls
+    assert meshtools.back_to_back_face_pairs(mesh) == 0
+
+
+def test_ridges_between_walls_do_not_flip_the_pseudo_signs():
+    """Across a wall the two gradients diverge (a valley of u), across the ridge midway between two walls they
+    converge: only the first is a change of side. Nodes on a line through both walls of a 2 mm lobe:
+    outside | wall | inside | ridge | inside | wall | outside -> sides A, B, B, A."""
+    lat = meshing._Lattice(np.array([0.0, 0.0, -1.75]), 0.5, (0, 0, 7))
+    keys = np.arange(8, dtype=np.int64)
+    z = lat.points(lat.ijk(keys))[:, 2]  # -1.75 .. 1.75; walls at z = -1, 1
+    g = np.zeros((8, 3))
+    g[:, 2] = np.where(np.abs(z) > 1, np.sign(z), -np.sign(z))  # away from the nearest wall
+    side = meshing._propagate_signs(lat, keys, g)
+    flips = np.nonzero(side[1:] != side[:-1])[0]
+    assert [(z[i] + z[i + 1]) / 2 for i in flips] == [-1.0, 1.0]  # a change of side at each wall only
+
+
 # ------------------------------------------------------------------------------ components, cancel
 def two_disks():
     a, b = Disk([0.0, 0.0, -4.0], 5.0), Disk([0.0, 0.0, 4.0], 3.0)
@@ -241,7 +401,7 @@ def test_keep_point_selects_the_component_near_the_seed():
         assert np.abs(pts[:, 2] - disk.c[2]).max() < 0.25  # the other disk is 8 mm away
         direct = meshing.keep_component_near(both.mesh, seed)
         assert direct.GetNumberOfCells() == pytest.approx(res.mesh.GetNumberOfCells(), rel=0.02)
-        assert meshing._point_array(direct, "udf") is not None  # point data carried over
+        assert meshing._point_array(direct, meshing.DISTANCE_ARRAY) is not None  # point data carried over
 
 
 def test_a_speck_nearer_the_seed_does_not_beat_the_sheet():
@@ -298,16 +458,30 @@ def test_bad_arguments_and_empty_fields_raise_typed_errors():
 
 
 # ------------------------------------------------------------------------ post-processing helpers
-def test_projection_moves_vertices_onto_the_zero_level():
+def test_projection_lands_on_the_floor_of_a_blurred_field_and_records_it():
+    """A network-like valley ``sqrt(d² + b²)`` never reaches 0: stepping by u toward a zero was mostly rejected;
+    the step to the fitted valley bottom lands on the surface and u at the vertices drops to the floor b."""
     shape, _ = SHAPES["cap"]
-    raw = meshing.extract_open_surface(shape.udf, None, *BOX, 0.5, project_steps=0).mesh
-    before = shape.udf(polydata_points(raw))
-    out = meshing.project_to_zero_level(raw, shape.udf_grad, steps=2)
-    after = shape.udf(polydata_points(out))
-    assert np.all(after <= before + 1e-12)  # a move is kept only where it helps
-    assert after.mean() < 0.2 * before.mean()
-    assert np.array_equal(polydata_triangles(out), polydata_triangles(raw))
-    assert meshtools.back_to_back_face_pairs(out) == 0
+    h, b = 0.5, 0.35
+
+    def blurred(p):
+        return np.sqrt(shape.udf(p) ** 2 + b * b)
+
+    raw = meshing.extract_open_surface(blurred, None, *BOX, h, project_steps=0)
+    moved = meshing.extract_open_surface(blurred, None, *BOX, h, project_steps=1)
+    assert np.array_equal(polydata_triangles(raw.mesh), polydata_triangles(moved.mesh))
+    p0, p1 = polydata_points(raw.mesh), polydata_points(moved.mesh)
+    inner = (p0 - shape.c)[:, 2] > 2 * h  # away from the rim, where a blurred field cannot say where it ends
+    before, after = shape.udf(p0[inner]), shape.udf(p1[inner])
+    assert after.mean() < 0.25 * before.mean() and after.mean() < 0.01 * h, (before.mean(), after.mean())
+    d0 = meshing._point_array(raw.mesh, meshing.DISTANCE_ARRAY)
+    d1 = meshing._point_array(moved.mesh, meshing.DISTANCE_ARRAY)
+    assert np.all(d1 <= d0 + 1e-12)  # a move is kept only where u does not grow
+    assert np.allclose(d1, blurred(polydata_points(moved.mesh)))  # the array is the field at the vertex
+    assert np.median(d1) == pytest.approx(b, abs=0.01)
+    slope = meshing._point_array(moved.mesh, meshing.SLOPE_ARRAY)
+    assert np.median(slope) == pytest.approx(1.0, abs=0.05)  # the fitted |grad u| of a unit-slope valley
+    assert meshtools.back_to_back_face_pairs(moved.mesh) == 0
 
 
 def test_smoothing_keeps_size_and_boundary():
@@ -347,10 +521,15 @@ def test_fill_small_holes_closes_a_punched_hole_with_matching_winding():
     mesh = meshing.extract_open_surface(shape.udf, None, *BOX, 0.5).mesh
     pts, tris = polydata_points(mesh), polydata_triangles(mesh)
     centre = np.argmin(np.linalg.norm(pts - shape.c, axis=1))
-    holed = make_polydata(pts, tris[~np.any(tris == centre, axis=1)])  # remove the faces around one vertex
+    holed = meshing._with_arrays(make_polydata(pts, tris[~np.any(tris == centre, axis=1)]),
+                                 distance_mm=np.arange(len(pts), dtype=float))
     assert len(meshtools.boundary_loops(holed)) == 2
-    filled, n = meshing.fill_small_holes(holed, 12)
+    assert meshing.fill_small_holes(holed, 0.2)[1] == 0  # the hole is ~0.5 mm across: larger than asked
+    filled, n = meshing.fill_small_holes(holed, 1.0)
     assert n == 1 and len(meshtools.boundary_loops(filled)) == 1
     ft = polydata_triangles(filled)
     directed = np.concatenate([ft[:, [0, 1]], ft[:, [1, 2]], ft[:, [2, 0]]])
     assert np.unique(directed, axis=0).shape[0] == len(directed)  # consistent winding
+    assert np.array_equal(meshing._point_array(filled, meshing.DISTANCE_ARRAY), np.arange(len(pts)))
+    # the rim (the largest loop) is never filled, however large the allowance
+    assert len(meshtools.boundary_loops(meshing.fill_small_holes(holed, 100.0)[0])) == 1

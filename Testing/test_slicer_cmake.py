@@ -24,9 +24,7 @@ STUB = ROOT / "Testing" / "slicer_cmake_stub"
 #: Engine parts that are development tools: never installed into Slicer.
 DEV_ONLY = ("phantom", "train", "sampling", "data", "report", "demo", "metrics", "batch", "prepare")
 #: Imports inside run-time modules that only development paths execute (module -> packages, with why).
-DEV_PATH_IMPORTS = {
-    "meshing": {"skimage"},  # generate_mc_table(): regenerates the committed mc_table.py from scikit-image
-}
+DEV_PATH_IMPORTS: dict[str, set[str]] = {}  # none today (meshing's table generator left with mc_table.py)
 
 
 def _cmake() -> str | None:
