@@ -170,10 +170,17 @@ def boundary_loops(mesh: vtk.vtkPolyData) -> list[np.ndarray]:
     """Closed boundary loops as ordered arrays of point ids, longest first.
 
     vtkFeatureEdges (boundary edges only) chained into polylines by vtkStripper; a loop's repeated end
-    point is dropped. Where loops touch at a vertex the stripper decides how they are split.
+    point is dropped. Where loops touch at a vertex the stripper decides how they are split. Collapsed
+    triangles (a repeated vertex) bound nothing and crash vtkFeatureEdges, so they are left out first.
     """
     if mesh.GetNumberOfCells() == 0:
         return []
+    tris = polydata_triangles(mesh)
+    proper = (tris[:, 0] != tris[:, 1]) & (tris[:, 1] != tris[:, 2]) & (tris[:, 0] != tris[:, 2])
+    if not proper.any():
+        return []
+    if not proper.all() or len(tris) != mesh.GetNumberOfCells():
+        mesh = make_polydata(polydata_points(mesh), tris[proper])  # same points, so the ids still hold
     edges = vtk.vtkFeatureEdges()
     edges.SetInputData(_with_ids(mesh))
     edges.BoundaryEdgesOn()

@@ -533,3 +533,11 @@ def test_fill_small_holes_closes_a_punched_hole_with_matching_winding():
     assert np.array_equal(meshing._point_array(filled, meshing.DISTANCE_ARRAY), np.arange(len(pts)))
     # the rim (the largest loop) is never filled, however large the allowance
     assert len(meshtools.boundary_loops(meshing.fill_small_holes(holed, 100.0)[0])) == 1
+
+
+def test_boundary_loops_ignore_collapsed_triangles():
+    """A triangle with a repeated vertex bounds nothing (and crashed vtkFeatureEdges in `nudf evaluate`)."""
+    pts = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5]])
+    assert meshtools.boundary_loops(make_polydata(pts, np.array([[1, 1, 1]]))) == []
+    loops = meshtools.boundary_loops(make_polydata(pts, np.array([[0, 1, 2], [3, 3, 1], [2, 2, 2]])))
+    assert len(loops) == 1 and sorted(loops[0].tolist()) == [0, 1, 2]
