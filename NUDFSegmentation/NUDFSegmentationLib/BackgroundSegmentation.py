@@ -3,8 +3,9 @@
 Protocol (``python -m NUDFCore segment ... --progress-format json``): stdout lines starting with ``{`` are
 JSON, either ``{"stage": ..., "fraction": ...}`` or, last, ``{"done": true, "summary": {...}}``; other
 lines are log text; errors go to stderr with a non-zero exit code. The CT goes out as NRRD, the mesh comes
-back as VTP (tagged RAS) with its provenance sidecar (``laa.json``) and is loaded with Slicer's model
-storage node.
+back as VTP (tagged RAS, with its ``distance_mm`` and ``confidence`` point arrays) with its provenance sidecar
+(``laa.json``) and is loaded with Slicer's model storage node; the summary's ``quality`` (warnings included)
+goes onto the model node as in an in-process run.
 
 Plain Python (subprocess, threads, queue, psutil): :class:`~NUDFSegmentationLib.RunController` drains
 :meth:`poll` on a timer; scripts and tests can call :meth:`run`, which blocks.
@@ -30,7 +31,14 @@ from NUDFCore.errors import InputError, SegmentationError
 from NUDFCore.frames import lps_to_ras
 from NUDFCore.provenance import read_provenance, sidecar_path
 
-from .SegmentationLogic import loadModelFile, setProvenance, volumeFromNode, volumeInputFile, volumeProblem
+from .SegmentationLogic import (
+    loadModelFile,
+    setProvenance,
+    setQualityReport,
+    volumeFromNode,
+    volumeInputFile,
+    volumeProblem,
+)
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,8 @@ def cliSupports(option: str, command: str = "segment") -> bool:
 
 
 def summaryText(summary: dict | None) -> str:
-    """One line for the status label from the worker's final summary."""
+    """One line for the status label from the worker's final summary (the warnings are added by the caller,
+    from the model node: ``SegmentationLogic.withWarnings``)."""
     if not summary:
         return "Done."
     q = summary.get("quality", {}) or {}
@@ -134,6 +143,8 @@ def summaryText(summary: dict | None) -> str:
         parts.append(f"{q['boundary_loops']} boundary loop(s)")
     if "mean_predicted_distance_mm" in q:
         parts.append(f"mean predicted distance {float(q['mean_predicted_distance_mm']):.2f} mm")
+    if q.get("mean_confidence") is not None:
+        parts.append(f"mean confidence {float(q['mean_confidence']):.2f}")
     return "Done: " + ", ".join(parts) if parts else "Done."
 
 
@@ -367,17 +378,21 @@ class BackgroundSegmentation:
         self.state = "cancelled"
         self.cleanup()
 
-    def loadResult(self, scene, outputModelNode=None, name: str = "LAA", inputFile: str | None = None):
+    def loadResult(self, scene, outputModelNode=None, name: str = "LAA", inputFile: str | None = None,
+                   colorByConfidence: bool = True):
         """Load the finished mesh into a model node (RAS) with the LAA display; raises on failure.
 
+        The VTP's point arrays come along (the model is coloured by confidence when ``colorByConfidence``).
         The worker's provenance sidecar becomes the node's ``NUDF.*`` attributes, its ``input_file`` replaced
-        by ``inputFile`` (the worker only saw a temporary copy of the CT).
+        by ``inputFile`` (the worker only saw a temporary copy of the CT); the summary's quality report (its
+        warnings) the ``NUDFQuality.*`` ones.
         """
         if self.state != "done":
             raise SegmentationError(
                 self.errorMessage if self.state == "failed" else f"No result to load (state: {self.state})."
             )
-        node = loadModelFile(scene, self.outputPath, outputModelNode, name)
+        node = loadModelFile(scene, self.outputPath, outputModelNode, name, colorByConfidence)
+        setQualityReport(node, (self.summary or {}).get("quality"))
         sidecar = sidecar_path(self.outputPath)
         if sidecar.is_file():
             record = read_provenance(sidecar)

@@ -61,10 +61,16 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("decimate", float, 0.0, "Fraction of triangles to remove (0 = off)", 0.0, 0.9),
     ParameterSpec("runInBackground", bool, True, "Run the engine in a separate process (GUI stays responsive)",
                   widget="backgroundCheckBox"),
+    ParameterSpec("colorByConfidence", bool, True,
+                  "Color the LAA model by the network's per-vertex confidence (red: unsure, green: sure); "
+                  "off: one plain color", widget="colorByConfidenceCheckBox"),
     ParameterSpec("exportFrame", str, "lps", "Coordinate frame of exported STL files", choices=FRAMES,
                   widget="exportFrameComboBox", choiceLabels=("LPS (Slicer default)", "RAS")),
 )
 _SPECS = {p.name: p for p in PARAMETERS}
+#: Parameters that only change how the output model is shown: applied to it at once, no new run needed
+#: (``SegmentationLogic.applyDisplayParameters``).
+DISPLAY_PARAMETERS: tuple[str, ...] = ("colorByConfidence",)
 
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("InputVolume", "vtkMRMLScalarVolumeNode", "inputVolumeSelector", "Contrast-enhanced cardiac CT"),

@@ -21,7 +21,14 @@ from NUDFCore.errors import InputError, NUDFError, SegmentationCancelled, Segmen
 
 from .BackgroundSegmentation import BackgroundSegmentation, summaryText
 from .Parameters import NUDFParameters
-from .SegmentationLogic import SegmentationLogic, cropFromRoiNode, inputProblems, volumeInputFile
+from .SegmentationLogic import (
+    SegmentationLogic,
+    cropFromRoiNode,
+    getQualityWarnings,
+    inputProblems,
+    volumeInputFile,
+    withWarnings,
+)
 
 #: ``scheduler(delayMs, callback)``: call ``callback`` once, later, on the thread that owns the scene.
 Scheduler = Callable[[int, Callable[[], None]], None]
@@ -43,9 +50,10 @@ class RunEvent:
     kind: str  # "started" | "progress" | "done" | "failed" | "cancelled"
     stage: str = ""
     fraction: float = 0.0
-    message: str = ""  # one line for the status label: the summary when done, the error when failed
+    message: str = ""  # one line for the status label: the summary (and warnings) when done, the error when failed
     details: str = ""  # worker log or traceback, for a "details" box
     modelNodeID: str | None = None
+    warnings: tuple[str, ...] = ()  # the result's plain-language doubts ("the surface may be incomplete near …")
 
 
 @dataclass
@@ -63,6 +71,7 @@ class RunRequest:
     options: dict = field(default_factory=dict)  # SegmentOptions keyword arguments
     cropCenter_lps: np.ndarray | None = None
     cropSizeMm: float | None = None
+    colorByConfidence: bool = True
 
     @classmethod
     def fromParameters(cls, params: NUDFParameters, logic: SegmentationLogic) -> "RunRequest":
@@ -79,7 +88,7 @@ class RunRequest:
             inputFile=volumeInputFile(volume), outputModelNodeID=output.GetID() if output is not None else None,
             parameterNodeID=params.node.GetID(), modelPath=params.get("modelPath") or None,
             background=params.get("runInBackground"), options=params.segmentOptionsKwargs(),
-            cropCenter_lps=center_lps, cropSizeMm=size,
+            cropCenter_lps=center_lps, cropSizeMm=size, colorByConfidence=params.get("colorByConfidence"),
         )
 
 
@@ -209,7 +218,7 @@ class RunController:
         try:
             if worker.state == "done":
                 model = worker.loadResult(self.scene, self._node(request.outputModelNodeID), name=request.modelName,
-                                          inputFile=request.inputFile)
+                                          inputFile=request.inputFile, colorByConfidence=request.colorByConfidence)
                 self._deliver(model, summaryText(worker.summary))
             else:
                 message = worker.errorMessage.removeprefix(_CLI_ERROR_PREFIX)
@@ -218,13 +227,18 @@ class RunController:
             worker.cleanup()
 
     def _deliver(self, modelNode, message: str) -> None:
-        """The run's model is in the scene: select it as the output (if the parameter node still exists)."""
+        """The run's model is in the scene: select it as the output (if the parameter node still exists) and
+        report it, with the result's warnings (stored on the node by either kind of run) after the summary."""
         paramNode = self._node(self.request.parameterNodeID)
         if paramNode is not None:
             NUDFParameters(paramNode).setNode("OutputModel", modelNode)
+        warnings = tuple(getQualityWarnings(modelNode))
+        for warning in warnings:  # also in Slicer's log, where a status line does not last
+            logging.warning(f"NUDF Segmentation: {modelNode.GetName()}: {warning}")
+        message = withWarnings(message, warnings)
         self.stage, self.fraction = "done", 1.0
         self._setState("done", message, RunEvent("done", stage="done", fraction=1.0, message=message,
-                                                 modelNodeID=modelNode.GetID()))
+                                                 modelNodeID=modelNode.GetID(), warnings=warnings))
 
     def _fail(self, message: str, details: str = "") -> None:
         self._setState("failed", f"Failed: {message}", RunEvent("failed", message=message, details=details))
@@ -245,7 +259,7 @@ class RunController:
                 options.crop_center_lps, options.crop_size_mm = request.cropCenter_lps, request.cropSizeMm
             model, result = self.logic.segmentVolumeNode(
                 self._node(request.volumeNodeID), request.seed_ras, self._node(request.outputModelNodeID),
-                options=options, model=request.modelPath,
+                options=options, model=request.modelPath, colorByConfidence=request.colorByConfidence,
             )
             self._deliver(model, f"Done: {result.summary()}")
         except SegmentationCancelled:

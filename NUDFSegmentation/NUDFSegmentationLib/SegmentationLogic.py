@@ -3,9 +3,16 @@
 Slicer keeps everything in RAS; the engine works in LPS. The conversions go through ``NUDFCore.frames``
 / ``NUDFCore.io`` only. Only MRML logics and storage nodes are used (no ``slicer.util.loadVolume``/
 ``saveNode``), so this runs inside Slicer and headless on ``slicer-core`` alike.
+
+The engine's mesh carries two point arrays, ``distance_mm`` (the network's distance at each vertex) and
+``confidence`` (0-1, see ``NUDFCore.quality``); they reach the model node unchanged, and the model is coloured
+by ``confidence`` (:func:`showConfidence`: fixed 0-1 range, red = unsure, green = sure, a colour legend). The
+result's plain-language warnings (``result.quality["warnings"]``) are stored on the node as
+``NUDFQuality.*`` attributes (:func:`setQualityReport`), so a run in a worker process reports them the same way.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,12 +24,34 @@ from vtk.util import numpy_support
 from NUDFCore.errors import InputError, MeshIOError, OutputExistsError
 from NUDFCore.frames import check_frame, ras_to_lps
 from NUDFCore.io import Volume, atomic_output, transform_polydata_frame
+from NUDFCore.meshing import DISTANCE_ARRAY
 from NUDFCore.provenance import ATTRIBUTE_PREFIX, segmentation_provenance, to_attributes
+from NUDFCore.quality import CONFIDENCE_ARRAY
 
 #: Appendage-like display: muted flesh red, slightly translucent so the CT shows through.
 LAA_COLOR = (0.87, 0.42, 0.38)
 LAA_OPACITY = 0.85
 EXPORT_EXTENSIONS = (".stl", ".obj", ".ply", ".vtk", ".vtp")
+
+#: The confidence colour map, a procedural colour node the logic adds to the scene once (a singleton, so a
+#: saved scene keeps it and every LAA model shares it): red where the network is unsure of the wall, through
+#: yellow, to green where it is sure. Slicer's default colour tables have no red-to-green map (``Red``,
+#: ``Green`` are single-hue ramps; ``RedGreenBlue`` ends in blue), hence our own.
+CONFIDENCE_COLOR_NODE_NAME = "NUDF confidence"
+CONFIDENCE_COLOR_SINGLETON_TAG = "NUDFConfidence"
+CONFIDENCE_COLORS: tuple[tuple[float, tuple[float, float, float]], ...] = (
+    (0.0, (0.84, 0.13, 0.11)),
+    (0.5, (0.99, 0.80, 0.20)),
+    (1.0, (0.18, 0.65, 0.30)),
+)
+#: The scalar range of the colouring: fixed, so 0.6 has the same colour on every run (an automatic range
+#: would stretch the colours over whatever a mesh holds and make an unsure surface look sure).
+CONFIDENCE_RANGE = (0.0, 1.0)
+CONFIDENCE_LEGEND_TITLE = "Confidence"
+#: Attribute prefix of a result's quality report on its model node (``NUDF.*`` is the provenance record).
+QUALITY_ATTRIBUTE_PREFIX = "NUDFQuality."
+#: The quality figures kept on the node besides the warnings (keys of ``SegmentationResult.quality``).
+QUALITY_KEYS = ("mean_confidence", "low_confidence_area")
 
 
 def _arrayFromVtkMatrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -177,8 +206,147 @@ def ensureDisplayNode(modelNode):
     return display
 
 
-def updateModelNode(scene, mesh_lps: vtk.vtkPolyData, outputModelNode=None, name: str = "LAA"):
-    """Put an LPS mesh into a (new or given) model node, in RAS, with the LAA display."""
+def confidenceColorNode(scene):
+    """The scene's confidence colour node (:data:`CONFIDENCE_COLORS`), added on first use."""
+    node = scene.GetSingletonNode(CONFIDENCE_COLOR_SINGLETON_TAG, "vtkMRMLProceduralColorNode")
+    if node is not None:
+        return node
+    import slicer
+
+    node = slicer.vtkMRMLProceduralColorNode()
+    node.SetName(CONFIDENCE_COLOR_NODE_NAME)
+    node.SetSingletonTag(CONFIDENCE_COLOR_SINGLETON_TAG)
+    node.SetAttribute("Category", "NUDF Segmentation")  # how the Colors module groups colour nodes
+    node.SetDescription("Per-vertex confidence of an NUDF LAA surface: 0 red (unsure), 0.5 yellow, 1 green (sure).")
+    ctf = node.GetColorTransferFunction()
+    ctf.RemoveAllPoints()
+    for value, rgb in CONFIDENCE_COLORS:
+        ctf.AddRGBPoint(value, *rgb)
+    return scene.AddNode(node)
+
+
+def hasConfidence(modelNode) -> bool:
+    """Whether a model's mesh carries the engine's per-vertex ``confidence`` array."""
+    poly = modelNode.GetPolyData() if modelNode is not None else None
+    return poly is not None and poly.GetPointData().GetArray(CONFIDENCE_ARRAY) is not None
+
+
+def confidenceLegend(modelNode, create: bool = False):
+    """The colour legend of a model's display (None when there is none and ``create`` is False).
+
+    ``vtkSlicerColorLogic``'s legend helpers are static and need only MRML, so this works headless on
+    slicer-core too; a Slicer older than 5.0 has no colour legend, and then nothing is shown (None).
+    """
+    import slicer
+
+    colorLogic = getattr(slicer, "vtkSlicerColorLogic", None)
+    if colorLogic is None or not hasattr(colorLogic, "GetColorLegendDisplayNode"):
+        return None
+    legend = colorLogic.GetColorLegendDisplayNode(modelNode)
+    if legend is None and create and modelNode.GetScene() is not None:
+        legend = colorLogic.AddDefaultColorLegendDisplayNode(modelNode)
+    return legend
+
+
+def showConfidence(modelNode, enabled: bool = True) -> bool:
+    """Colour a model by its ``confidence`` array (True), or show it in the plain LAA colour (False).
+
+    Colouring needs the array: a mesh without it (an older engine, a loaded file) is shown plainly whatever
+    ``enabled`` says. With it: active scalar ``confidence`` (point data), the :func:`confidenceColorNode` map
+    over the fixed range 0-1, scalar visibility on and a colour legend titled "Confidence". Returns whether
+    the model is now coloured by confidence.
+    """
+    display = modelNode.GetDisplayNode() or ensureDisplayNode(modelNode)
+    scene = modelNode.GetScene()
+    colored = bool(enabled and scene is not None and hasConfidence(modelNode))
+    legend = confidenceLegend(modelNode, create=colored)
+    if not colored:
+        display.SetScalarVisibility(False)
+        if legend is not None:
+            legend.SetVisibility(False)
+        return False
+    wasModifying = display.StartModify()
+    display.SetActiveScalar(CONFIDENCE_ARRAY, vtk.vtkAssignAttribute.POINT_DATA)
+    display.SetAndObserveColorNodeID(confidenceColorNode(scene).GetID())
+    display.SetScalarRangeFlag(display.UseManualScalarRange)  # before the range: "auto" would overwrite it
+    display.SetScalarRange(*CONFIDENCE_RANGE)
+    display.SetScalarVisibility(True)
+    display.EndModify(wasModifying)
+    if legend is not None:
+        legend.SetTitleText(CONFIDENCE_LEGEND_TITLE)
+        legend.SetLabelFormat("%.1f")
+        legend.SetVisibility(True)
+    return True
+
+
+def isShowingConfidence(modelNode) -> bool:
+    """Whether a model is shown coloured by its confidence (the setup of :func:`showConfidence`)."""
+    display = modelNode.GetDisplayNode() if modelNode is not None else None
+    return bool(display is not None and display.GetScalarVisibility() and hasConfidence(modelNode)
+                and display.GetActiveScalarName() == CONFIDENCE_ARRAY)
+
+
+# ------------------------------------------------------------------------------------- quality report
+def setQualityReport(modelNode, quality: dict | None) -> None:
+    """Keep a result's warnings (and mean confidence, low-confidence share) on its model node as
+    ``NUDFQuality.*`` attributes, replacing any earlier report (an empty/None ``quality`` clears it)."""
+    for name in list(modelNode.GetAttributeNames() or ()):
+        if name.startswith(QUALITY_ATTRIBUTE_PREFIX):
+            modelNode.RemoveAttribute(name)
+    if not quality:
+        return
+    modelNode.SetAttribute(QUALITY_ATTRIBUTE_PREFIX + "warnings", json.dumps([str(w) for w in quality.get("warnings", [])]))
+    codes = quality.get("warning_codes")
+    if codes is not None:
+        modelNode.SetAttribute(QUALITY_ATTRIBUTE_PREFIX + "warning_codes", json.dumps([str(c) for c in codes]))
+    for key in QUALITY_KEYS:
+        value = quality.get(key)
+        if value is not None and np.isfinite(float(value)):
+            modelNode.SetAttribute(QUALITY_ATTRIBUTE_PREFIX + key, json.dumps(float(value)))
+
+
+def getQualityReport(modelNode) -> dict:
+    """The report stored by :func:`setQualityReport` (empty when there is none)."""
+    out = {}
+    for name in modelNode.GetAttributeNames() or ():
+        if name.startswith(QUALITY_ATTRIBUTE_PREFIX):
+            try:
+                out[name[len(QUALITY_ATTRIBUTE_PREFIX):]] = json.loads(modelNode.GetAttribute(name))
+            except (TypeError, ValueError):
+                pass  # an edited attribute: ignore, never fail a delivery over it
+    return out
+
+
+def getQualityWarnings(modelNode) -> list[str]:
+    """The plain-language warnings of the result a model holds (empty when none or unknown)."""
+    warnings = getQualityReport(modelNode).get("warnings") if modelNode is not None else None
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
+
+
+def warningsText(warnings) -> str:
+    """The warnings for a status line: ``1 warning: …`` / ``2 warnings: (1) …; (2) …`` (empty when none)."""
+    warnings = [str(w).strip() for w in warnings or () if str(w).strip()]
+    if not warnings:
+        return ""
+    if len(warnings) == 1:
+        return f"1 warning: {warnings[0]}"
+    return f"{len(warnings)} warnings: " + " ".join(f"({i}) {w}" for i, w in enumerate(warnings, 1))
+
+
+def withWarnings(message: str, warnings) -> str:
+    """``message`` followed by :func:`warningsText` (``"Done: … — 1 warning: …"``)."""
+    text = warningsText(warnings)
+    return f"{message} — {text}" if text else message
+
+
+def updateModelNode(scene, mesh_lps: vtk.vtkPolyData, outputModelNode=None, name: str = "LAA",
+                    colorByConfidence: bool = True):
+    """Put an LPS mesh into a (new or given) model node, in RAS, with the LAA display.
+
+    The mesh's point arrays (``distance_mm``, ``confidence``) come along; the model is coloured by confidence
+    when ``colorByConfidence`` and the mesh has it (:func:`showConfidence`). An earlier run's quality report
+    on the node is cleared: it described another mesh.
+    """
     if scene is None:
         raise InputError("A MRML scene is needed to hold the output model.")
     mesh_ras = transform_polydata_frame(mesh_lps, "lps", "ras")
@@ -190,6 +358,8 @@ def updateModelNode(scene, mesh_lps: vtk.vtkPolyData, outputModelNode=None, name
         outputModelNode.SetAndObserveTransformNodeID(None)  # the mesh is in world coordinates
     outputModelNode.SetAndObservePolyData(mesh_ras)
     ensureDisplayNode(outputModelNode)
+    showConfidence(outputModelNode, colorByConfidence)
+    setQualityReport(outputModelNode, None)
     return outputModelNode
 
 
@@ -222,8 +392,11 @@ def exportModelToFile(modelNode, path: str | os.PathLike, frame: str = "lps", ov
     return p
 
 
-def loadModelFile(scene, path: str | os.PathLike, outputModelNode=None, name: str = "LAA"):
-    """Read a mesh file into a (new or given) model node with Slicer's storage node (honours SPACE tags)."""
+def loadModelFile(scene, path: str | os.PathLike, outputModelNode=None, name: str = "LAA",
+                  colorByConfidence: bool = True):
+    """Read a mesh file into a (new or given) model node with Slicer's storage node (honours SPACE tags).
+
+    Point arrays in the file (a VTP/VTK from the engine: ``distance_mm``, ``confidence``) are kept."""
     import slicer
 
     p = Path(path)
@@ -235,7 +408,7 @@ def loadModelFile(scene, path: str | os.PathLike, outputModelNode=None, name: st
     if not storage.ReadData(tmpNode) or tmpNode.GetPolyData() is None or tmpNode.GetPolyData().GetNumberOfPoints() == 0:
         raise MeshIOError(f"Slicer could not read a mesh from {p}.")
     mesh_lps = transform_polydata_frame(tmpNode.GetPolyData(), "ras", "lps")
-    return updateModelNode(scene, mesh_lps, outputModelNode, name)
+    return updateModelNode(scene, mesh_lps, outputModelNode, name, colorByConfidence)
 
 
 class SegmentationLogic:
@@ -247,6 +420,9 @@ class SegmentationLogic:
         from NUDFSegmentationLib import SegmentationLogic
         model, result = SegmentationLogic().segmentVolumeNode(getNode("CT"), getNode("F"))
     """
+
+    #: Colour new models by their per-vertex confidence (the ``colorByConfidence`` parameter in the GUI).
+    colorByConfidence = True
 
     def __init__(self, scene=None, segmentFunction=None) -> None:
         if scene is None:
@@ -264,6 +440,14 @@ class SegmentationLogic:
     exportModelToFile = staticmethod(exportModelToFile)
     inputProblems = staticmethod(inputProblems)
     getProvenance = staticmethod(getProvenance)
+    showConfidence = staticmethod(showConfidence)
+    getQualityWarnings = staticmethod(getQualityWarnings)
+
+    def applyDisplayParameters(self, params) -> None:
+        """Show the parameters' output model as they say (colour by confidence or not), without a new run."""
+        model = params.getNode("OutputModel")
+        if model is not None and model.GetPolyData() is not None:
+            showConfidence(model, params.get("colorByConfidence"))
 
     def seedRas(self, seed: Any) -> np.ndarray:
         """Accept a markups node or an RAS triple."""
@@ -284,11 +468,15 @@ class SegmentationLogic:
             options.crop_center_lps, options.crop_size_mm = cropFromRoiNode(roiNode)
         return options
 
-    def segmentVolumeNode(self, volumeNode, seed, outputModelNode=None, options=None, model=None, roiNode=None):
+    def segmentVolumeNode(self, volumeNode, seed, outputModelNode=None, options=None, model=None, roiNode=None,
+                          colorByConfidence: bool | None = None):
         """Segment the LAA around ``seed`` and write the open mesh into a model node (RAS).
 
-        Returns ``(modelNode, SegmentationResult)``; the result's ``mesh_lps`` is the engine's own mesh, and the
-        node carries the run's provenance as ``NUDF.*`` attributes (see ``NUDFCore.provenance``).
+        Returns ``(modelNode, SegmentationResult)``; the result's ``mesh_lps`` is the engine's own mesh and
+        ``result.warnings`` its plain-language doubts. The node carries the mesh's ``distance_mm`` and
+        ``confidence`` point arrays, is coloured by confidence (``colorByConfidence``, default
+        :attr:`colorByConfidence`), and holds the run's provenance as ``NUDF.*`` attributes (see
+        ``NUDFCore.provenance``) and its warnings as ``NUDFQuality.*`` ones (:func:`getQualityWarnings`).
         """
         if self.segmentFunction is None:
             from NUDFCore.infer import segment
@@ -303,25 +491,41 @@ class SegmentationLogic:
         seed_lps = result.seed_lps if result.seed_lps is not None else ras_to_lps(seed_ras)
         record = segmentation_provenance(seed_lps=seed_lps, options=opts, model=model,
                                          input_file=volumeInputFile(volumeNode))
-        modelNode = updateModelNode(scene, result.mesh_lps, outputModelNode, f"{volumeNode.GetName()} LAA")
+        if colorByConfidence is None:
+            colorByConfidence = self.colorByConfidence
+        modelNode = updateModelNode(scene, result.mesh_lps, outputModelNode, f"{volumeNode.GetName()} LAA",
+                                    colorByConfidence)
         setProvenance(modelNode, record)
+        setQualityReport(modelNode, result.quality)
         return modelNode, result
 
 
 __all__ = [
+    "CONFIDENCE_ARRAY",
+    "DISTANCE_ARRAY",
     "SegmentationLogic",
+    "confidenceColorNode",
+    "confidenceLegend",
     "cropFromRoiNode",
     "ensureDisplayNode",
     "exportModelToFile",
     "getProvenance",
+    "getQualityReport",
+    "getQualityWarnings",
+    "hasConfidence",
     "inputProblems",
+    "isShowingConfidence",
     "loadModelFile",
     "meshLpsFromModelNode",
     "seedFromNode",
     "seedProblem",
     "setProvenance",
+    "setQualityReport",
+    "showConfidence",
     "updateModelNode",
     "volumeFromNode",
     "volumeInputFile",
     "volumeProblem",
+    "warningsText",
+    "withWarnings",
 ]

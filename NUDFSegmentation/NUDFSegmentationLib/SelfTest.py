@@ -97,9 +97,11 @@ def writeSyntheticCT(path: str | Path) -> dict:
 
 def stubSegment(ct, *, seed_lps=None, seed_ras=None, model=None, options=None):
     """Stands in for ``NUDFCore.infer.segment`` where PyTorch is absent: an open hemisphere (radius 6 mm)
-    centred on the seed, returned as the engine returns its mesh (LPS), so everything around the engine is
+    centred on the seed, returned as the engine returns its mesh (LPS, with ``distance_mm`` and ``confidence``
+    point arrays: confidence 1 at the pole falling to 0.4 at the rim), so everything around the engine is
     exercised for real."""
     import vtk
+    from vtk.util import numpy_support
 
     from NUDFCore.infer import SegmentationResult, resolve_seed
 
@@ -117,7 +119,14 @@ def stubSegment(ct, *, seed_lps=None, seed_ras=None, model=None, options=None):
     clip.SetClipFunction(plane)
     clip.Update()
     mesh = clip.GetOutput()
-    quality = {"n_vertices": mesh.GetNumberOfPoints(), "n_faces": mesh.GetNumberOfCells(), "boundary_loops": 1}
+    height = numpy_support.vtk_to_numpy(mesh.GetPoints().GetData())[:, 2] - seed[2]
+    confidence = np.clip(0.4 + 0.1 * height, 0.0, 1.0)
+    for name, values in (("distance_mm", 0.5 * (1.0 - confidence)), ("confidence", confidence)):
+        array = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
+        array.SetName(name)
+        mesh.GetPointData().AddArray(array)
+    quality = {"n_vertices": mesh.GetNumberOfPoints(), "n_faces": mesh.GetNumberOfCells(), "boundary_loops": 1,
+               "mean_confidence": float(confidence.mean()), "warnings": [], "warning_codes": []}
     return SegmentationResult(mesh_lps=mesh, timings={"total": 0.0}, quality=quality, seed_lps=seed,
                               crop_center_lps=seed)
 
@@ -127,9 +136,34 @@ def _check(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
+def checkConfidenceDisplay(model) -> None:
+    """The model node carries the engine's point arrays (finite distances, confidence in [0, 1]) and is shown
+    coloured by confidence over the fixed range 0-1 with a legend."""
+    from vtk.util import numpy_support
+
+    from .SegmentationLogic import CONFIDENCE_ARRAY, CONFIDENCE_RANGE, DISTANCE_ARRAY, confidenceLegend
+
+    point_data = model.GetPolyData().GetPointData()
+    for name in (DISTANCE_ARRAY, CONFIDENCE_ARRAY):
+        _check(point_data.GetArray(name) is not None, f"the model node has no {name!r} point array")
+        values = numpy_support.vtk_to_numpy(point_data.GetArray(name))
+        _check(len(values) == model.GetPolyData().GetNumberOfPoints() and bool(np.all(np.isfinite(values))),
+               f"the {name!r} array is not one finite value per point")
+    confidence = numpy_support.vtk_to_numpy(point_data.GetArray(CONFIDENCE_ARRAY))
+    _check(bool(np.all((confidence >= 0.0) & (confidence <= 1.0))), "confidence outside [0, 1]")
+    display = model.GetDisplayNode()
+    _check(display.GetActiveScalarName() == CONFIDENCE_ARRAY and bool(display.GetScalarVisibility()),
+           "the model is not coloured by confidence")
+    _check(tuple(display.GetScalarRange()) == CONFIDENCE_RANGE
+           and display.GetScalarRangeFlag() == display.UseManualScalarRange, "the confidence range is not fixed to 0-1")
+    legend = confidenceLegend(model)
+    _check(legend is None or bool(legend.GetVisibility()), "the confidence legend is hidden")
+
+
 def checkLogicWithStubEngine(scene, loadVolume: LoadVolume, workDir: str | Path) -> str:
     """The module's logic end to end with :func:`stubSegment`: volume and seed conversion, the model node
-    (RAS, display, provenance), STL export in LPS, and the refusals of unusable inputs. Returns a summary."""
+    (RAS, display coloured by confidence, provenance), STL export in LPS, and the refusals of unusable inputs.
+    Returns a summary."""
     import vtk
 
     from NUDFCore.errors import InputError
@@ -149,6 +183,7 @@ def checkLogicWithStubEngine(scene, loadVolume: LoadVolume, workDir: str | Path)
     _check(np.allclose(polydata_points(model.GetPolyData()), lps_to_ras(engine_lps), atol=1e-6),
            "the model node's points are not the engine mesh in RAS")
     _check(np.allclose(result.seed_lps, case["seed_lps"], atol=1e-6), "the seed reached the engine in the wrong place")
+    checkConfidenceDisplay(model)
     record = getProvenance(model)
     _check(np.allclose(record.get("seed_ras", [np.nan] * 3), case["seed_ras"], atol=1e-6), "provenance seed_ras missing")
     _check(Path(record.get("input_file") or "").name == case["path"].name, "provenance input_file missing")
@@ -174,11 +209,13 @@ def checkLogicWithStubEngine(scene, loadVolume: LoadVolume, workDir: str | Path)
         else:
             raise AssertionError(f"not refused: {badVolume.GetName()} with {badSeed.GetName()}")
     _check(scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == models, "a refused run left a model behind")
-    return f"logic with a stub engine: {len(engine_lps)} points, provenance, LPS export and {len(cases)} refusals checked"
+    return (f"logic with a stub engine: {len(engine_lps)} points, confidence colouring, provenance, LPS export and "
+            f"{len(cases)} refusals checked")
 
 
 def checkEngineEndToEnd(scene, loadVolume: LoadVolume, resolutionMm: float = ENGINE_RESOLUTION_MM) -> str:
-    """The real engine on the shipped phantom case: an open surface close to the exact reference. Returns a
+    """The real engine on the shipped phantom case: an open surface close to the exact reference, whose model
+    node carries the ``distance_mm`` and ``confidence`` point arrays and is coloured by confidence. Returns a
     summary; says it skipped the engine when PyTorch is not installed."""
     if importlib.util.find_spec("torch") is None:
         return "skipped the engine run: PyTorch is not installed (install it from the module to segment)"
@@ -200,4 +237,6 @@ def checkEngineEndToEnd(scene, loadVolume: LoadVolume, resolutionMm: float = ENG
     mean = float(np.mean(distances))
     _check(mean < ENGINE_MAX_MEAN_DISTANCE_MM, f"mean distance to the reference {mean:.2f} mm")
     _check(model.GetPolyData().GetNumberOfPoints() == mesh_lps.GetNumberOfPoints(), "the model node lost points")
-    return f"engine run: {result.summary()}; mean distance to the reference {mean:.2f} mm"
+    checkConfidenceDisplay(model)
+    warnings = f"; {len(result.warnings)} warning(s): " + " ".join(result.warnings) if result.warnings else ""
+    return f"engine run: {result.summary()}{warnings}; mean distance to the reference {mean:.2f} mm"

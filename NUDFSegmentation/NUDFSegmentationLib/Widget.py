@@ -31,7 +31,7 @@ from NUDFCore.errors import NUDFError
 
 from .InstallLogic import TORCH_DEPENDENCY, executeInstall, missingDependencies, planInstall
 from .MeasurementLogic import MeasurementLogic
-from .Parameters import MODULE_NAME, NODES, PARAMETERS, WIDGET_ACCESSORS, NodeSpec, NUDFParameters
+from .Parameters import DISPLAY_PARAMETERS, MODULE_NAME, NODES, PARAMETERS, WIDGET_ACCESSORS, NodeSpec, NUDFParameters
 from .RunController import RunController, RunEvent, panelState
 from .SegmentationLogic import SegmentationLogic
 
@@ -132,6 +132,8 @@ class Widget(qt.QWidget):
                 p.setNode(spec.role, value)
             elif value is not None:
                 p.set(spec.name, value)
+                if spec.name in DISPLAY_PARAMETERS:  # e.g. color by confidence: the output model changes at once
+                    self.logic.applyDisplayParameters(p)
         except NUDFError as exc:
             self.setStatus(str(exc))
             self.updateGUIFromParameterNode()
@@ -251,6 +253,8 @@ class Widget(qt.QWidget):
             self.setStatus(self.controller.statusText)
             return
         self.setStatus(self.controller.statusText)
+        # the status line holds the warnings after the summary; its tooltip lists them one per line
+        self.ui.statusLabel.toolTip = "\n".join(f"Warning: {w}" for w in event.warnings)
         self.updateGUIFromParameterNode()
         self._applyPanelState()  # also without a parameter node (the module was left)
         if event.kind == "done" and self._parameters is not None and event.modelNodeID:
