@@ -124,6 +124,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", action="store_true",
                    help="also measure the LAA (ostium, landing zones, depth, volume; see nudf measure) into "
                    "OUT's sibling <name>.measurements.json")
+    p.add_argument("--strict", action="store_true",
+                   help="treat the completeness/plausibility warnings as a failure: write nothing and exit 3 "
+                   "(default: write the mesh, print the warnings, exit 0)")
     p.add_argument("--progress-format", choices=["text", "json", "none"], default="text",
                    help="progress on stderr as bars (text), one JSON object per line on stdout (json, for programs), or none")
     p.set_defaults(func=_run_segment)
@@ -190,6 +193,12 @@ def _run_segment(args: argparse.Namespace) -> int:
     finally:
         if text_progress is not None:
             text_progress.close()
+    warnings = list(result.quality.get("warnings", []))
+    for w in warnings:  # the result's own doubts, before anything is written
+        print(f"nudf segment: warning: {w}", file=sys.stderr)
+    if warnings and args.strict:
+        print(f"nudf segment: error: --strict and {len(warnings)} warning(s): nothing written.", file=sys.stderr)
+        return 3
     measurements = None
     if measurements_out is not None:  # measured before anything is written: a failure leaves nothing behind
         from .measure import measure_laa
@@ -211,7 +220,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             summary["measurements"] = str(measurements_out)
         print(json.dumps({"done": True, "summary": summary}), flush=True)
     else:
-        print(f"Wrote {out} ({args.frame.upper()}): {result.summary()}")
+        print(f"Wrote {out} ({args.frame.upper()}): {result.summary()}"
+              + (f"; {len(warnings)} warning(s) above" if warnings else ""))
         if measurements is not None:
             o = measurements.ostium
             print(f"Wrote {measurements_out}: ostium {o.max_diameter_mm:.1f} x {o.min_diameter_mm:.1f} mm, "

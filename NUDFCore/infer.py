@@ -24,6 +24,7 @@ from .errors import CheckpointError, InputError, SegmentationError
 from .frames import to_lps
 from .io import Volume, polydata_points, polydata_triangles
 from . import meshtools
+from . import quality as quality_checks
 
 ProgressFn = Callable[[str, float], None]
 
@@ -117,12 +118,18 @@ class SegmentationResult:
     seed_lps: np.ndarray | None = None
     crop_center_lps: np.ndarray | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """Plain-language doubts about the result (completeness, plausibility; see NUDFCore.quality)."""
+        return list(self.quality.get("warnings", []))
+
     def summary(self) -> str:
         q = self.quality
+        conf = f", mean confidence {q['mean_confidence']:.2f}" if "mean_confidence" in q else ""
         return (
             f"{self.timings.get('total', 0.0):.1f} s, {q.get('n_vertices', 0)} vertices, "
             f"{q.get('n_faces', 0)} faces, {q.get('boundary_loops', 0)} boundary loop(s), "
-            f"mean predicted distance {q.get('mean_predicted_distance_mm', float('nan')):.3f} mm"
+            f"mean predicted distance {q.get('mean_predicted_distance_mm', float('nan')):.3f} mm{conf}"
         )
 
 
@@ -161,6 +168,10 @@ _HU_CONTRAST_MIN = 100.0  # and tissue/contrast brighter than this
 _SEED_AIR_HU = -300.0  # a seed darker than this (mean of its neighbourhood) is in lung/air
 #: A network whose distances never fall below this near the seed has not found a surface there.
 _MAX_FIELD_FLOOR_MM = 1.0
+#: A seed farther than this outside the (capped) surface found: the surface is not the LAA the seed is in.
+_SEED_REFUSE_MM = 5.0
+#: The second view for the confidence: the crop shifted by these fractions of its voxel (see NUDFCore.quality).
+_SECOND_VIEW_VOXELS = np.array([0.37, -0.41, 0.43])
 #: A seed closer than this to the image border has part of its LAA cut off (measured to the outer voxel faces).
 MIN_SEED_EDGE_MM = 10.0
 #: The share of the network's crop cube that must lie inside the image (outside reads as air to the network).
@@ -474,6 +485,7 @@ def segment(
     n_queries = n_grad = n_dense = 0
     mesh = None
     fieldfn: NetworkField | None = None
+    known = None  # the first pass's lattice values, reused by the second when the crop did not move
     for p in range(passes):
         final = p == passes - 1
         geom = CropGeometry(centre, size_mm, cfg.crop_n)
@@ -500,6 +512,7 @@ def segment(
                 coarse_resolution=(max(opts.coarse_resolution_mm, res) if opts.coarse_resolution_mm else None),
                 keep_point=seed,
                 min_component_fraction=opts.min_component_fraction,
+                known_values=known,
                 **meshing.network_field_settings(res, tol),
                 progress=_progress,
                 cancel=opts.cancel,
@@ -522,25 +535,46 @@ def segment(
             if np.linalg.norm(new_centre - centre) > 0.05 * size_mm:
                 centre = new_centre
                 fieldfn = None
+            else:
+                known = mres.lattice_values
 
     with stages.stage("post-process"):  # the seed's sheet was already kept and fragments dropped by meshing
+        meshed = mesh
         if opts.smoothing > 0:
             passband = float(10 ** (-1 - 2 * opts.smoothing))  # 0.1 (light) .. 0.001 (strong)
             mesh = meshing.smooth_windowed_sinc(mesh, iterations=20, passband=passband)
         if opts.decimate > 0:
             mesh = meshing.decimate(mesh, opts.decimate)
+        if mesh is not meshed:
+            quality_checks.carry_slope(meshed, mesh)
     with stages.stage("quality"):
+        # per-vertex confidence (NUDFCore.quality): a second view of the same anatomy, the crop shifted by a
+        # fraction of a voxel along each axis
+        shifted = CropGeometry(centre + _SECOND_VIEW_VOXELS * geom.spacing_mm, size_mm, cfg.crop_n)
+        second = NetworkField(net, region, shifted, window, device, chunk)
+        n_scored = quality_checks.score_vertices(mesh, fieldfn.udf, second.udf, moved=mesh is not meshed)
+        assessment = quality_checks.assess_surface(mesh, ct, seed)
+        outside = float(assessment.metrics.get("seed_outside_mm", 0.0))
+        if outside > _SEED_REFUSE_MM:
+            where = assessment.metrics.get("ostium_center_lps") or _surface_centre(mesh).tolist()
+            raise SegmentationError(
+                f"The network found no LAA surface around the seed: the surface it found lies {outside:.0f} mm from "
+                f"the seed (near LPS {_fmt_point(where)}). This does not look like a seed in the left atrial "
+                "appendage: place it inside the contrast-filled appendage."
+            )
+        u_vertices = quality_checks.point_array(mesh, quality_checks.DISTANCE_ARRAY)
         pts = polydata_points(mesh)
-        u_vertices = fieldfn.udf(pts) if len(pts) else np.zeros(0)
-        loops = meshtools.boundary_loops(mesh)
         quality = {
             "n_vertices": int(mesh.GetNumberOfPoints()),
             "n_faces": int(mesh.GetNumberOfCells()),
-            "boundary_loops": len(loops),
-            "area_mm2": meshtools.mesh_area(mesh),
-            "mean_predicted_distance_mm": float(np.mean(u_vertices)) if len(u_vertices) else float("nan"),
-            "max_predicted_distance_mm": float(np.max(u_vertices)) if len(u_vertices) else float("nan"),
-            "n_queries": int(n_queries + len(pts)),
+            "boundary_loops": int(assessment.metrics.get("boundary_loops", 0)),
+            "area_mm2": float(assessment.metrics.get("area_mm2", 0.0)),
+            "mean_predicted_distance_mm": float(np.mean(u_vertices)) if len(pts) else float("nan"),
+            "max_predicted_distance_mm": float(np.max(u_vertices)) if len(pts) else float("nan"),
+            **{k: v for k, v in assessment.metrics.items() if k not in ("area_mm2", "boundary_loops")},
+            "warnings": [str(w) for w in assessment.warnings],
+            "warning_codes": [w.code for w in assessment.warnings],
+            "n_queries": int(n_queries + n_scored),
             "n_grad_queries": int(n_grad),
             "n_dense_queries": int(n_dense),
             "field_floor_mm": floor,

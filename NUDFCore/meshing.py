@@ -66,6 +66,8 @@ class MeshingResult:
     """Seconds per stage; ``field_eval`` is the part spent inside the callables."""
     stats: dict[str, float] = field(default_factory=dict)
     """Sizes: band cells per level, candidate cubes, faces before/after filtering, holes filled..."""
+    lattice_values: tuple[np.ndarray, np.ndarray] | None = None
+    """(points (N, 3), u) of every lattice point evaluated: ``known_values`` for a finer pass over the same box."""
 
     @property
     def query_ratio(self) -> float:
@@ -483,10 +485,12 @@ def _band_to_mesh(
     """Pseudo-sign marching cubes over the narrow-band cells: raw (points, triangles, floor) before filtering."""
     h = lat.h
     t0 = time.perf_counter()
-    cu = store.value_or_bound(lat.key(cells[:, None, :] + _CORNERS[None]))
+    corner_keys = lat.key(cells[:, None, :] + _CORNERS[None])
+    cu = store.value_or_bound(corner_keys)
     floor = estimate_floor(cu.min(axis=1)) if field_floor is None else float(field_floor)
     stats["field_floor"] = floor
-    cubes = cells[_candidate_cubes(cu, h, candidate_slack, floor)]
+    evaluated = store.find(corner_keys)[1].all(axis=1)  # never mesh on Lipschitz bounds
+    cubes = cells[_candidate_cubes(cu, h, candidate_slack, floor) & evaluated]
     stats["candidate_cubes"] = int(len(cubes))
     if len(cubes) == 0:
         raise SegmentationError("No surface found: the distance field never comes close to zero in the box.")
@@ -628,15 +632,17 @@ def _refine(
     lipschitz: float | None,
     stats: dict,
     timings: dict,
+    store: _Store | None = None,
 ) -> tuple[_Store, np.ndarray]:
     """Coarse-to-fine narrow band: the final-resolution cells the surface may cross, and u at their corners.
 
     A cell of size s is split while ``min corner u <= s sqrt(3)/2 + band_margin`` (a surface point in the cell
     is within half a diagonal of a corner). A new lattice point is evaluated only if it may matter: with
     ``lipschitz`` L, ``u(x) >= u(c) - L |x - c|`` for the parent's corners c; points whose bound already
-    exceeds every threshold still to come are skipped and only their bound is kept.
+    exceeds every threshold still to come are skipped and only their bound is kept. ``store``: values already
+    known on this lattice (a previous pass over the same box), never evaluated again.
     """
-    store = _Store()
+    store = _Store() if store is None else store
     step = 1 << levels
     t0 = time.perf_counter()
     axes = [np.arange(0, lat.n[a] + 1, step, dtype=np.int64) for a in range(3)]
@@ -722,6 +728,7 @@ def extract_open_surface(
     min_component_fraction: float = 0.01,
     max_hole_radius: float = 1.5,
     rim_tolerance: float | None = 0.25,
+    known_values: tuple[np.ndarray, np.ndarray] | None = None,
     band_margin: float | None = None,
     candidate_slack: float = 0.25,
     lipschitz: float | None = 1.0,
@@ -755,7 +762,8 @@ def extract_open_surface(
     ``max_hole_radius * h`` are filled (never the largest loop, the rim). ``project_steps``: moves to the
     fitted valley bottom (the field's *floor*, not its zero: a network rarely reaches 0), each kept only
     where the re-queried u decreases. The lattice is centred on the box and may overhang it by less than one
-    coarse cell. Point data: ``distance_mm`` (u at the vertex) and ``valley_slope`` (the fitted ``|∇u|`` of
+    coarse cell. ``known_values``: (points, u) from an earlier pass over the same field (its
+    ``lattice_values``); those on this lattice are not evaluated again. Point data: ``distance_mm`` (u at the vertex) and ``valley_slope`` (the fitted ``|∇u|`` of
     the valley, 1 for an exact UDF).
 
     Raises SegmentationCancelled when ``cancel()`` turns true (polled between batches), SegmentationError
@@ -785,7 +793,17 @@ def extract_open_surface(
     margin = h if band_margin is None else float(band_margin)
 
     final_threshold = (_SQRT3 + candidate_slack) * h
-    store, cells = _refine(lat, levels, ev, margin, final_threshold, field_floor, lipschitz, stats, timings)
+    known = _Store()
+    if known_values is not None:
+        kp, kv = known_values
+        f = (np.asarray(kp, dtype=np.float64).reshape(-1, 3) - lat.origin) / h
+        ijk = np.rint(f).astype(np.int64)
+        on = np.all(np.abs(f - ijk) < 1e-6, axis=1) & np.all((ijk >= 0) & (ijk <= lat.n), axis=1)
+        keys, first = np.unique(lat.key(ijk[on]), return_index=True)
+        known.add(keys, np.maximum(np.asarray(kv, dtype=np.float64).reshape(-1)[on][first], 0.0))
+        stats["reused_values"] = int(len(keys))
+    store, cells = _refine(lat, levels, ev, margin, final_threshold, field_floor, lipschitz, stats, timings,
+                           store=known)
     if len(cells) == 0:
         raise SegmentationError("No surface found: the distance field never comes close to zero in the box.")
     pts, tris, floor = _band_to_mesh(
@@ -863,7 +881,8 @@ def extract_open_surface(
     timings["total"] = time.perf_counter() - t_start
     stats["faces"] = mesh.GetNumberOfCells()
     stats["vertices"] = mesh.GetNumberOfPoints()
-    return MeshingResult(mesh, ev.n_queries, ev.n_grad_queries, n_dense, timings, stats)
+    return MeshingResult(mesh, ev.n_queries, ev.n_grad_queries, n_dense, timings, stats,
+                         (lat.points(lat.ijk(store.keys)), store.vals.copy()))
 
 
 def _point_array(mesh: vtk.vtkPolyData, name: str) -> np.ndarray | None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import vtk
+from vtk.util import numpy_support
 
 from NUDFCore import frames, meshtools
 from NUDFCore.cli import main as cli_main
@@ -119,6 +120,35 @@ def test_cli_json_progress_protocol_with_the_bundled_model(tmp_path, phantom_cas
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     assert any("stage" in l and 0.0 <= l["fraction"] <= 1.0 for l in lines)
     assert lines[-1]["done"] is True and lines[-1]["summary"]["quality"]["n_faces"] > 0
+    # the VTP carries the network's distance and the confidence per vertex (read back by vtk's own reader)
+    reader = vtk.vtkXMLPolyDataReader()
+    reader.SetFileName(str(out))
+    reader.Update()
+    data = reader.GetOutput().GetPointData()
+    n = reader.GetOutput().GetNumberOfPoints()
+    dist, conf = (numpy_support.vtk_to_numpy(data.GetArray(name)) for name in ("distance_mm", "confidence"))
+    assert len(dist) == len(conf) == n > 0
+    assert np.all(np.isfinite(dist)) and np.all(dist >= 0) and np.all((conf >= 0) & (conf <= 1))
+    assert 0.0 < lines[-1]["summary"]["quality"]["mean_confidence"] <= 1.0
+
+
+def test_cli_warnings_and_strict(tmp_path, phantom_case, model_path, capsys):
+    """At 1 mm the bundled model's surface of the shared phantom has holes besides its ostium (measured: 3
+    warnings): the CLI writes it and says so; with --strict it writes nothing and exits 3."""
+    seed = ",".join(f"{v:.3f}" for v in phantom_case.seed_lps)
+    out = tmp_path / "laa.vtp"
+    argv = ["segment", str(phantom_case.ct_path), f"--seed-lps={seed}", "--out", str(out), "--model",
+            str(model_path), "--resolution", "1.0", "--progress-format", "none"]
+    assert cli_main(argv) == 0 and out.exists()
+    cap = capsys.readouterr()
+    warnings = [l for l in cap.err.splitlines() if l.startswith("nudf segment: warning: ")]
+    assert warnings and f"{len(warnings)} warning(s) above" in cap.out
+    assert all("may be incomplete near" in w or "does not look like" in w for w in warnings)
+    strict = tmp_path / "strict.vtp"
+    assert cli_main([*argv[:4], str(strict), *argv[5:], "--strict"]) == 3
+    err = capsys.readouterr().err
+    assert "--strict" in err and "nothing written" in err and "Traceback" not in err
+    assert not strict.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["laa.json", "laa.vtp"]
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -1,17 +1,23 @@
-"""Speed benchmark: one full-size CT segmented end to end, with peak memory and FLOP efficiency.
+"""Speed benchmark: one full-size CT segmented end to end, this tree against a baseline commit, interleaved.
 
 Not a test: it prints Markdown tables. Example::
 
-    python benchmarks/speed.py                         # bundled model, phantom seed 0 (512×512×280), 3 runs
-    python benchmarks/speed.py --model runs/nudf_laa.pt --runs 5 --threads 2
+    python benchmarks/speed.py --baseline 57785f4 --runs 3 --threads 2   # old vs new, 512×512×280, 0.25 mm
+    python benchmarks/speed.py --baseline 57785f4 --accuracy 4           # + MSD on 4 held-out compact phantoms
+    python benchmarks/speed.py --model runs/nudf_laa.pt --runs 5         # this tree only
 
 What is timed: a fresh Python process per run reads the CT from a NIfTI file, runs ``NUDFCore.infer.segment``
 (default options: 0.25 mm surface, two passes) from the phantom's seed, and writes the STL — so each run's
-peak RSS (``VmHWM``, see ``benchmarks/memory.py``) is its own. Reported: median (min–max) over ``--runs`` of
+peak RSS (``VmHWM``, see ``benchmarks/memory.py``) is its own. ``--baseline REF`` exports ``NUDFCore/`` of that
+commit (``git archive``) and runs it the same way with the same model file, alternating baseline and this tree
+run by run, so both see the same machine load (reported before and after: this machine is shared, and a
+ratio of interleaved runs is fairer than any absolute figure). Reported: median (min–max) over ``--runs`` of
 the process wall time (Python start and imports included), the in-process end-to-end time (read → STL) and
 every stage of ``result.timings``; the decoder's queries per second over the surface stages; the model's
 FLOPs per query counted from its config; the achieved GFLOP/s both over the surface stages (meshing
 included) and in a pure decoder micro-benchmark, against this machine's measured float32 matmul peak.
+``--accuracy N``: the mean surface distance of both on N held-out compact phantoms (seeds from
+``--accuracy-seed``, never used in training), also interleaved.
 
 The CT is ``NUDFCore.phantom.generate_case(seed, size="full")`` written once to ``--work`` (reused after).
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -102,7 +109,17 @@ def decoder_throughput(model_path: str, ct_path: Path, seed_lps, threads: int, n
         t0 = time.perf_counter()
         model.query(feats, pts, chunk_size=50_000)
         best = min(best, time.perf_counter() - t0)
-    return {"queries_per_s": n_points / best, "encode_s": encode_s}
+    from NUDFCore.decoder import CPU_CHUNK, fast_decoder
+
+    fast = fast_decoder(model, feats)
+    fast_best = float("inf")
+    if fast is not None:
+        fast.query(pts[0, :4096])
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fast.query(pts[0], chunk_size=CPU_CHUNK)
+            fast_best = min(fast_best, time.perf_counter() - t0)
+    return {"queries_per_s": n_points / best, "fast_queries_per_s": n_points / fast_best, "encode_s": encode_s}
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -127,7 +144,10 @@ def worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     write_mesh(r.mesh_lps, spec["stl"], overwrite=True)
     t_write = time.perf_counter() - t0
+    import NUDFCore
+
     out = {
+        "nudfcore": str(Path(NUDFCore.__file__).resolve().parent),
         "imports_s": t_imports, "read_s": t_read, "write_s": t_write,
         "end_to_end_s": t_read + r.timings["total"] + t_write,
         "timings": r.timings, "quality": {k: v for k, v in r.quality.items() if isinstance(v, (int, float, str))},
@@ -140,10 +160,15 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_worker(spec: dict, timeout: float) -> dict:
+def run_worker(spec: dict, timeout: float, code_root: Path | None = None) -> dict:
+    """Run :func:`worker` in a fresh process; ``code_root``: a folder holding another ``NUDFCore`` to run."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)]
+    env = dict(os.environ)
+    if code_root is not None:
+        env["PYTHONPATH"] = str(code_root) + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                       cwd=str(code_root) if code_root is not None else None)
     wall = time.perf_counter() - t0
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
@@ -151,7 +176,34 @@ def run_worker(spec: dict, timeout: float) -> dict:
         raise RuntimeError(f"worker failed (exit {p.returncode}): {tail}")
     res = json.loads(lines[-1])
     res["process_wall_s"] = wall
+    expected = (code_root / "NUDFCore") if code_root is not None else (HERE.parent / "NUDFCore")
+    if Path(res["nudfcore"]) != expected.resolve():
+        raise RuntimeError(f"the worker ran {res['nudfcore']}, not {expected}")
     return res
+
+
+def export_baseline(ref: str, dest: Path) -> tuple[Path, str]:
+    """``NUDFCore/`` of commit ``ref`` extracted into ``dest`` (``git archive``); returns (dest, full hash)."""
+    import io
+    import tarfile
+
+    root = HERE.parent
+    full = subprocess.run(["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True
+                          ).stdout.strip()
+    data = subprocess.run(["git", "-C", str(root), "archive", full, "NUDFCore"], capture_output=True, check=True).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest, full
+
+
+def load_line() -> str:
+    """The 1/5/15-minute load averages and the CPU count (the machine is shared)."""
+    try:
+        a, b, c = os.getloadavg()
+        return f"load average {a:.2f} / {b:.2f} / {c:.2f} on {os.cpu_count()} CPUs"
+    except OSError:
+        return "load average unavailable"
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -162,18 +214,44 @@ def _med(values) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
+def _phantom_case(seed: int, size: str, folder: Path) -> tuple[Path, list, Path, str]:
+    """Generate a phantom once into ``folder``; returns (ct path, seed LPS, GT mesh path, generation note)."""
+    from NUDFCore import phantom
+
+    note = ""
+    if not (folder / "meta.json").exists():
+        t0 = time.perf_counter()
+        phantom.write_case(phantom.generate_case(seed, size=size), folder, overwrite=True)
+        note = f" (generated in {time.perf_counter() - t0:.0f} s, not timed below)"
+    meta = json.loads((folder / "meta.json").read_text())
+    return folder / "ct.nii.gz", meta["seed_lps"], folder / "laa.vtp", note
+
+
+def _msd(stl: Path, gt: Path) -> float:
+    from NUDFCore.io import read_mesh
+    from NUDFCore.metrics import surface_metrics
+
+    return float(surface_metrics(read_mesh(stl), read_mesh(gt)).msd_mm)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model), used by both trees")
+    p.add_argument("--baseline", default=None, metavar="REF",
+                   help="git commit/branch to compare with (its NUDFCore/ runs interleaved with this tree's)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--phantom-seed", type=int, default=0, help="full-size phantom seed (0: 512×512×280)")
     p.add_argument("--ct", type=Path, default=None, help="use this CT instead of a phantom (needs --seed-lps)")
     p.add_argument("--seed-lps", type=float, nargs=3, default=None)
-    p.add_argument("--work", type=Path, default=None, help="folder for the phantom and the STLs "
+    p.add_argument("--work", type=Path, default=None, help="folder for the phantoms, the baseline and the STLs "
                    "(default: <tmp>/nudf_speed_<seed>)")
     p.add_argument("--resolution", type=float, default=0.25, help="surface grid in mm (segment's default 0.25)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--accuracy", type=int, default=0, metavar="N",
+                   help="also compare the mean surface distance on N held-out compact phantoms")
+    p.add_argument("--accuracy-seed", type=int, default=6000, help="first seed of those phantoms")
+    p.add_argument("--skip-micro", action="store_true", help="skip the decoder/matmul micro-benchmarks")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -189,113 +267,139 @@ def main(argv=None) -> int:
         from NUDFCore.infer import default_model_path
 
         args.model = str(default_model_path())
+    args.model = str(Path(args.model).resolve())
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     work = args.work or Path(tempfile.gettempdir()) / f"nudf_speed_{args.phantom_seed}"
     work.mkdir(parents=True, exist_ok=True)
-    gen_note = ""
     if args.ct is not None:
         if args.seed_lps is None:
             p.error("--ct needs --seed-lps")
-        ct_path, seed_lps, gt_mesh = args.ct, list(args.seed_lps), None
+        ct_path, seed_lps, gt_mesh, gen_note = args.ct, list(args.seed_lps), None, ""
     else:
-        from NUDFCore import phantom
+        ct_path, seed_lps, gt_mesh, gen_note = _phantom_case(args.phantom_seed, "full", work / "case")
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    base_hash = None
+    if args.baseline:
+        root, base_hash = export_baseline(args.baseline, work / f"baseline_{args.baseline.replace('/', '_')}")
+        trees.append((f"baseline {base_hash[:7]}", root))
 
-        case_dir = work / "case"
-        ct_path = case_dir / "ct.nii.gz"
-        if not (case_dir / "meta.json").exists():
-            t0 = time.perf_counter()
-            phantom.write_case(phantom.generate_case(args.phantom_seed, size="full"), case_dir, overwrite=True)
-            gen_note = f" (generated in {time.perf_counter() - t0:.0f} s, not timed below)"
-        meta = json.loads((case_dir / "meta.json").read_text())
-        seed_lps = meta["seed_lps"]
-        gt_mesh = case_dir / "laa.vtp"
-
+    load_before = load_line()
+    print(f"{load_before}", file=sys.stderr)
     spec = {"ct": str(ct_path), "seed_lps": seed_lps, "model": args.model, "resolution": args.resolution,
             "device": args.device, "threads": threads}
-    runs = []
+    runs: dict[str, list[dict]] = {name: [] for name, _ in trees}
     for i in range(args.runs):
-        r = run_worker(dict(spec, stl=str(work / f"laa_run{i}.stl")), args.timeout)
-        print(f"run {i + 1}/{args.runs}: {r['end_to_end_s']:.2f} s end to end, {r['process_wall_s']:.2f} s process, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
-        runs.append(r)
+        order = trees if i % 2 == 0 else trees[::-1]  # alternate who goes first
+        for name, root in order:
+            tag = "new" if root is None else "base"
+            r = run_worker(dict(spec, stl=str(work / f"laa_{tag}_run{i}.stl")), args.timeout, root)
+            r["stl"] = str(work / f"laa_{tag}_run{i}.stl")
+            print(f"run {i + 1}/{args.runs} {name}: {r['end_to_end_s']:.2f} s end to end, "
+                  f"{r['process_wall_s']:.2f} s process, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            runs[name].append(r)
+    accuracy: dict[str, list[float]] = {name: [] for name, _ in trees}
+    acc_cases = []
+    for j in range(args.accuracy):
+        seed = args.accuracy_seed + j
+        cpath, cseed, cgt, _ = _phantom_case(seed, "compact", work / f"heldout_{seed}")
+        acc_cases.append(seed)
+        order = trees if j % 2 == 0 else trees[::-1]
+        for name, root in order:
+            stl = work / f"heldout_{seed}_{'new' if root is None else 'base'}.stl"
+            r = run_worker(dict(spec, ct=str(cpath), seed_lps=cseed, stl=str(stl)), args.timeout, root)
+            accuracy[name].append(_msd(stl, cgt))
+            print(f"held-out phantom {seed} {name}: MSD {accuracy[name][-1]:.3f} mm, "
+                  f"{r['end_to_end_s']:.2f} s", file=sys.stderr)
+    load_after = load_line()
 
     data = read_checkpoint(args.model)
     cfg = ModelConfig.from_dict(dict(data["config"]))
     fl = flops_per_query(cfg)
     enc = encoder_flops(cfg)
-    peak = matmul_peak_gflops(threads)
-    micro = decoder_throughput(args.model, ct_path, seed_lps, threads)
-
-    first = runs[0]
+    first = runs["this tree"][0]
     shape = "×".join(str(s) for s in first["ct_shape"])
     spacing = "×".join(f"{s:.2f}" for s in first["ct_spacing"])
     from unet_baseline import machine
 
     command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = [f"Command: `{command}`", f"Machine: {machine()}", "",
-           f"CT: {shape} voxels, spacing {spacing} mm "
+    names = [name for name, _ in trees][::-1]  # baseline first, then this tree
+    out = [f"Command: `{command}`", f"Machine: {machine()}", f"Load: before {load_before}; after {load_after}.",
+           "", f"CT: {shape} voxels, spacing {spacing} mm "
            f"({'phantom seed ' + str(args.phantom_seed) + gen_note if args.ct is None else ct_path}); model "
-           f"`{args.model}` (crop {cfg.crop_n}³ of {cfg.crop_size_mm:.0f} mm, channels {cfg.channels}, decoder "
-           f"{cfg.decoder}); surface resolution {args.resolution} mm; {len(runs)} runs, each a fresh process.", "",
+           f"`{Path(args.model).name}` (crop {cfg.crop_n}³ of {cfg.crop_size_mm:.0f} mm, channels {cfg.channels}, "
+           f"decoder {cfg.decoder}); surface resolution {args.resolution} mm; {args.runs} runs per tree, each a "
+           f"fresh process{', baseline and this tree alternating' if base_hash else ''}.", "",
            "### End to end (median (min–max) over runs)", "",
-           "| what | seconds |", "|---|---|",
-           f"| process wall (Python start + imports + read + segment + write STL) | {_med(r['process_wall_s'] for r in runs)} |",
-           f"| end to end in process (read NIfTI → segment → STL written) | {_med(r['end_to_end_s'] for r in runs)} |",
-           f"| imports (torch, NUDFCore, VTK, SimpleITK) | {_med(r['imports_s'] for r in runs)} |",
-           f"| read NIfTI | {_med(r['read_s'] for r in runs)} |"]
-    stages = list(first["timings"])
-    for st in stages:
-        out.append(f"| segment: {st} | {_med(r['timings'].get(st, 0.0) for r in runs)} |")
-    out.append(f"| write STL | {_med(r['write_s'] for r in runs)} |")
-    out += ["", "| peak RSS MB (whole worker process) | " + _med(r["peak_rss_mb"] for r in runs) + " |", "|---|---|"]
-    if "peak_gpu_mb" in first:
-        out.append(f"| peak GPU MB | {_med(r['peak_gpu_mb'] for r in runs)} |")
-    q = first["quality"]
-    out.append(f"| mesh | {q.get('n_vertices')} vertices, {q.get('n_faces')} faces, "
-               f"{q.get('boundary_loops')} boundary loop(s), STL {first['stl_bytes'] / 1e6:.1f} MB |")
+           "| what | " + " | ".join(names) + (" | speed-up |" if base_hash else ""),
+           "|---|" + "---|" * len(names) + ("---|" if base_hash else "")]
 
-    # -- throughput and FLOPs ----------------------------------------------------------------------
+    def row(label, fn):
+        vals = [[fn(r) for r in runs[n]] for n in names]
+        cells = [_med(v) for v in vals]
+        ratio = ""
+        if base_hash:
+            b, t = statistics.median(vals[0]), statistics.median(vals[1])
+            ratio = f" {b / t:.2f}× |" if t > 0 else " — |"
+        out.append(f"| {label} | " + " | ".join(cells) + (" |" + ratio if base_hash else " |"))
+
+    row("process wall (Python start + imports + read + segment + write STL)", lambda r: r["process_wall_s"])
+    row("**end to end in process (read NIfTI → segment → STL written)**", lambda r: r["end_to_end_s"])
+    row("imports (torch, NUDFCore, VTK, SimpleITK)", lambda r: r["imports_s"])
+    row("read NIfTI", lambda r: r["read_s"])
+    stages = list(dict.fromkeys(st for n in names for st in runs[n][0]["timings"]))
+    for st in stages:
+        row(f"segment: {st}", lambda r, st=st: r["timings"].get(st, 0.0))
+    row("write STL", lambda r: r["write_s"])
+    row("peak RSS MB (whole worker process)", lambda r: r["peak_rss_mb"])
+
     def surf_s(r):
         return r["timings"].get("surface", 0.0) + r["timings"].get("surface (first pass)", 0.0)
 
-    def value_q(r):  # segment's n_queries also counts the quality stage's per-vertex queries
-        return r["quality"]["n_queries"] - r["quality"]["n_vertices"]
-
-    qps = [value_q(r) / surf_s(r) for r in runs]
-    gflops = [(value_q(r) * fl["total"] + 3 * r["quality"]["n_grad_queries"] * fl["total"]) / surf_s(r) / 1e9
-              for r in runs]
-    micro_gflops = micro["queries_per_s"] * fl["total"] / 1e9
-    enc_gflops = enc / max(micro["encode_s"], 1e-9) / 1e9
-    out += ["", "### Decoder throughput vs the machine's FLOP limit", "",
-            f"FLOPs per query (forward, counted from the config): trilinear sampling of {1 + sum(cfg.channels)} "
-            f"channels × 7 points = {fl['sampling']:.0f}, MLP {cfg.feature_size}→{'→'.join(map(str, cfg.decoder))}→1 "
-            f"= {fl['mlp']:.0f}; **{fl['total'] / 1e3:.1f} kFLOP/query** (a gradient query ≈ 3×). Encoder: "
-            f"{enc / 1e9:.2f} GFLOP per crop.", "",
-            "| figure | value |", "|---|---|",
-            f"| value queries in the surface stages (median) | {statistics.median(value_q(r) for r in runs):,.0f} |",
-            f"| gradient queries (median) | {statistics.median(r['quality']['n_grad_queries'] for r in runs):,.0f} |",
-            f"| dense-grid equivalent at {args.resolution} mm | {statistics.median(r['quality']['n_dense_queries'] for r in runs):,.0f} |",
-            f"| queries/s over the surface stages (meshing included) | {statistics.median(qps):,.0f} |",
-            f"| achieved GFLOP/s over the surface stages | {statistics.median(gflops):.2f} |",
-            f"| pure decoder queries/s (262 144 random points, chunked `query`) | {micro['queries_per_s']:,.0f} |",
-            f"| pure decoder GFLOP/s | {micro_gflops:.2f} |",
-            f"| encoder GFLOP/s ({micro['encode_s']:.2f} s per crop) | {enc_gflops:.2f} |",
-            f"| machine float32 matmul peak (4096², {threads} threads) | {peak:.1f} GFLOP/s |",
-            f"| decoder efficiency: pure / surface stages | {100 * micro_gflops / peak:.0f} % / "
-            f"{100 * statistics.median(gflops) / peak:.0f} % of the matmul peak |"]
+    row("decoder queries, all stages", lambda r: r["quality"]["n_queries"])
+    row("queries/s over the surface stages (meshing included)", lambda r: r["quality"]["n_queries"] / surf_s(r))
+    for n in names:
+        q = runs[n][0]["quality"]
+        out.append(f"| mesh ({n}) | {q.get('n_vertices')} vertices, {q.get('n_faces')} faces, "
+                   f"{q.get('boundary_loops')} boundary loop(s) |" + " |" * (len(names) - 1 + bool(base_hash)))
     if gt_mesh is not None and gt_mesh.exists():
-        from NUDFCore.io import read_mesh
-        from NUDFCore.metrics import surface_metrics
+        cells = [f"{_msd(Path(runs[n][0]['stl']), gt_mesh):.3f}" for n in names]
+        out.append("| MSD to the phantom's GT, mm (first run) | " + " | ".join(cells) + (" | |" if base_hash else " |"))
+    if acc_cases:
+        out += ["", f"### Mean surface distance on held-out compact phantoms (seeds {acc_cases[0]}–{acc_cases[-1]})",
+                "", "| phantom | " + " | ".join(names) + (" | difference |" if base_hash else " |"),
+                "|---|" + "---|" * len(names) + ("---|" if base_hash else "")]
+        for j, seed in enumerate(acc_cases):
+            vals = [accuracy[n][j] for n in names]
+            diff = f" {vals[-1] - vals[0]:+.3f} |" if base_hash else ""
+            out.append(f"| {seed} | " + " | ".join(f"{v:.3f}" for v in vals) + (" |" + diff if base_hash else " |"))
+        means = [float(np.mean(accuracy[n])) for n in names]
+        diff = f" **{means[-1] - means[0]:+.3f}** |" if base_hash else ""
+        out.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + (" |" + diff if base_hash else " |"))
 
-        m = surface_metrics(read_mesh(work / "laa_run0.stl"), read_mesh(gt_mesh),
-                            spacing_mm=float(np.mean(first["ct_spacing"])))
-        out += ["", f"Sanity check against the phantom's GT: MSD {m.msd_mm:.3f} mm, HD95 {m.hd95_mm:.2f} mm, "
-                f"false area {100 * m.false_area_fraction:.1f} %."]
+    if not args.skip_micro:
+        peak = matmul_peak_gflops(threads)
+        micro = decoder_throughput(args.model, ct_path, seed_lps, threads)
+        this = runs["this tree"]
+        gflops = [r["quality"]["n_queries"] * fl["total"] / surf_s(r) / 1e9 for r in this]
+        micro_gflops = micro["queries_per_s"] * fl["total"] / 1e9
+        fast_gflops = micro["fast_queries_per_s"] * fl["total"] / 1e9
+        out += ["", "### Decoder throughput vs the machine's FLOP limit (this tree)", "",
+                f"FLOPs per query (forward, counted from the config): trilinear sampling of {1 + sum(cfg.channels)} "
+                f"channels × 7 points = {fl['sampling']:.0f}, MLP {cfg.feature_size}→{'→'.join(map(str, cfg.decoder))}→1 "
+                f"= {fl['mlp']:.0f}; **{fl['total'] / 1e3:.1f} kFLOP/query**. Encoder: {enc / 1e9:.2f} GFLOP per crop.", "",
+                "| figure | value |", "|---|---|",
+                f"| reference decoder (`NUDFNet.query`, 262 144 random points) | {micro['queries_per_s']:,.0f} queries/s, "
+                f"{micro_gflops:.1f} GFLOP/s |",
+                f"| fast decoder (`NUDFCore.decoder`, same points, same numbers) | {micro['fast_queries_per_s']:,.0f} "
+                f"queries/s, {fast_gflops:.1f} GFLOP/s |",
+                f"| achieved over the surface stages (meshing included) | {statistics.median(gflops):.1f} GFLOP/s |",
+                f"| encoder ({micro['encode_s']:.2f} s per crop) | {enc / max(micro['encode_s'], 1e-9) / 1e9:.1f} GFLOP/s |",
+                f"| machine float32 matmul peak (4096², {threads} threads) | {peak:.1f} GFLOP/s |"]
     text = "\n".join(out)
     print("\n" + text)
     (work / "results_speed.md").write_text(text + "\n")
-    (work / "runs.json").write_text(json.dumps(runs, indent=2))
+    (work / "runs.json").write_text(json.dumps({"runs": runs, "accuracy": accuracy, "cases": acc_cases}, indent=2))
     return 0
 
 

@@ -204,12 +204,39 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
             "max_field_error_mm": gt.max_field_error_mm,
             "draws": len(reasons) + 1,
         },
+        "blood_pools_lps": _blood_pool_points(an, vol, r_pat, t_pat),
         "mesh_frame": "LPS",
         "nudfcore_version": __version__,
     }
     if os.environ.get("NUDF_PHANTOM_DEBUG"):
         print(f"phantom seed {seed}: rejected draws: {reasons}")
     return PhantomCase(volume=vol, mesh_lps=mesh, meta=meta)
+
+
+#: Blood pools other than the appendage whose deepest point in the image :func:`generate_case` records.
+BLOOD_POOLS = {"la": "left atrium", "lv": "left ventricle", "aorta": "aorta", "pa": "pulmonary artery"}
+
+
+def _blood_pool_points(an: _Anatomy, vol, r_pat: np.ndarray, t_pat: np.ndarray, stride_mm: float = 2.0,
+                       edge_mm: float = 12.0) -> dict[str, list[float] | None]:
+    """The deepest point (LPS) of the left atrium, left ventricle, aorta and pulmonary artery at least
+    ``edge_mm`` inside the image, or None where the image holds no such point: where a user could misplace
+    the seed (tests of the misplaced-seed checks use them). No random draws: the case is unchanged."""
+    n = np.array(vol.size_ijk)
+    step = np.maximum(np.round(stride_mm / np.asarray(vol.spacing)), 1).astype(int)
+    margin = np.ceil(edge_mm / np.asarray(vol.spacing)).astype(int)
+    axes = [np.arange(margin[a], n[a] - margin[a], step[a]) for a in range(3)]
+    if any(len(a) == 0 for a in axes):
+        return {k: None for k in BLOOD_POOLS}
+    ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
+    lps = vol.index_to_lps(ijk)
+    heart = (lps - t_pat) @ r_pat  # the inverse of heart @ r_pat.T + t_pat
+    out: dict[str, list[float] | None] = {}
+    for name in BLOOD_POOLS:
+        sdf = an.fields[name].eval_points(heart)
+        i = int(np.argmin(sdf))
+        out[name] = np.round(lps[i], 3).tolist() if sdf[i] < -2.0 else None
+    return out
 
 
 def _draw_morphology(rng: np.random.Generator, morphology: str | None, weights: dict[str, float]) -> str:
@@ -221,6 +248,16 @@ def _draw_morphology(rng: np.random.Generator, morphology: str | None, weights: 
 def draw_morphology(seed: int, weights: dict[str, float] | None = None) -> str:
     """The LAA family :func:`generate_case` draws for ``seed`` (cheap: nothing else is generated)."""
     return _draw_morphology(np.random.default_rng(int(seed)), None, dict(weights or MORPHOLOGY_SAMPLING))
+
+
+def ground_truth_surface(seed: int, morphology: str | None = None) -> vtk.vtkPolyData:
+    """Only the open LAA surface of an anatomy drawn from ``seed`` (heart frame, mm; no CT is rendered: a
+    second or two instead of a whole case). For tests and checks that need realistic LAA shapes quickly; it is
+    not the mesh of ``generate_case(seed)``, which draws more before the anatomy."""
+    rng = np.random.default_rng(int(seed))
+    morph = _draw_morphology(rng, morphology, dict(MORPHOLOGY_SAMPLING))
+    _an, gt, _reasons = _draw_anatomy(rng, morph, seed)
+    return make_polydata(gt.points, gt.triangles)
 
 
 def _draw_anatomy(rng: np.random.Generator, morph: str, seed: int = -1,
