@@ -301,6 +301,27 @@ def clip_by_plane(mesh: vtk.vtkPolyData, origin: np.ndarray, normal: np.ndarray)
     clip = vtk.vtkClipPolyData()
     clip.SetInputData(mesh)
     clip.SetClipFunction(plane)
+    return _clipped(clip)
+
+
+def clip_by_scalar(mesh: vtk.vtkPolyData, values: np.ndarray) -> vtk.vtkPolyData:
+    """The part of a triangle mesh where the per-point ``values`` are ≥ 0, cut exactly (linearly) at their zero
+    crossing; as :func:`clip_by_plane`, the cut edge is one boundary loop. Point data is not kept."""
+    data = vtk.vtkPolyData()
+    data.SetPoints(mesh.GetPoints())
+    data.SetPolys(mesh.GetPolys())
+    arr = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
+    arr.SetName("keep")
+    data.GetPointData().SetScalars(arr)
+    clip = vtk.vtkClipPolyData()
+    clip.SetInputData(data)
+    out = _clipped(clip)
+    out.GetPointData().Initialize()
+    return out
+
+
+def _clipped(clip: vtk.vtkClipPolyData) -> vtk.vtkPolyData:
+    """Run a configured vtkClipPolyData (kept where the function/scalars ≥ 0) → triangles, points merged."""
     clip.SetValue(0.0)
     tri = vtk.vtkTriangleFilter()
     tri.SetInputConnection(clip.GetOutputPort())

@@ -58,7 +58,6 @@ import numpy as np
 import SimpleITK as sitk
 import vtk
 from scipy import ndimage as ndi
-from vtk.util import numpy_support
 
 from . import __version__
 from .errors import ImageGeometryError, ImageReadError, InputError, OutputExistsError
@@ -76,6 +75,7 @@ from .io import (
 from .meshtools import (
     boundary_loops,
     clip_by_plane,
+    clip_by_scalar,
     keep_largest_component,
     loop_length,
     mesh_area,
@@ -256,28 +256,6 @@ def _sample(field: np.ndarray, kji: np.ndarray) -> np.ndarray:
     return ndi.map_coordinates(field, kji.T, order=1, mode="nearest")
 
 
-def _clip_by_scalar(mesh: vtk.vtkPolyData, values: np.ndarray) -> vtk.vtkPolyData:
-    """The part of ``mesh`` where the point scalar ``values`` ≥ 0, cut exactly at the zero crossing."""
-    data = vtk.vtkPolyData()
-    data.DeepCopy(mesh)
-    arr = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
-    arr.SetName("keep")
-    data.GetPointData().SetScalars(arr)
-    clip = vtk.vtkClipPolyData()
-    clip.SetInputData(data)
-    clip.SetValue(0.0)
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputConnection(clip.GetOutputPort())
-    tri.PassLinesOff()
-    tri.PassVertsOff()
-    clean = vtk.vtkCleanPolyData()
-    clean.SetInputConnection(tri.GetOutputPort())
-    clean.PointMergingOn()
-    clean.SetTolerance(0.0)
-    clean.Update()
-    return make_polydata(polydata_points(clean.GetOutput()), polydata_triangles(clean.GetOutput()))
-
-
 def _ostium_atrium_mask(sub: _Sub, atrium_label: int, laa_label: int) -> tuple[np.ndarray, int]:
     """Atrium voxels of the largest patch touching the LAA (face neighbours), and that patch's size."""
     atrium = sub.labels == atrium_label
@@ -299,7 +277,7 @@ def cut_at_contact(labels: Volume, sub: _Sub, closed_lps: vtk.vtkPolyData, atriu
     d_a = ndi.distance_transform_edt(~atrium_ostium, sampling=sampling)
     d_o = ndi.distance_transform_edt(~other, sampling=sampling)
     kji = _lps_to_sub_index(labels, sub, polydata_points(closed_lps))
-    return _clip_by_scalar(closed_lps, _sample(d_a, kji) - _sample(d_o, kji))
+    return clip_by_scalar(closed_lps, _sample(d_a, kji) - _sample(d_o, kji))
 
 
 def _fan(loop: np.ndarray, centre_index: int) -> np.ndarray:
