@@ -1,6 +1,7 @@
 """The Slicer Logic on real MRML (slicer-core): volume/seed conversion and the refusal of unusable inputs,
-model output, STL export frames, parameter node save/reload, install planning, the background runner's
-process handling and the run controller (delivery, cancel, scene close, in-process runs).
+model output (its confidence arrays and colouring, the result's warnings), STL export frames, parameter node
+save/reload, install planning, the background runner's process handling and the run controller (delivery,
+cancel, scene close, in-process runs).
 
 These need no trained model (a stub engine or a fake worker stands in); the end-to-end runs are in
 test_slicer_segment.py.
@@ -43,10 +44,20 @@ from NUDFSegmentationLib.InstallLogic import (  # noqa: E402
 )
 from NUDFSegmentationLib.RunController import RunController, panelState  # noqa: E402
 from NUDFSegmentationLib.SegmentationLogic import (  # noqa: E402
+    CONFIDENCE_COLOR_NODE_NAME,
+    confidenceColorNode,
+    confidenceLegend,
     getProvenance,
+    getQualityReport,
+    getQualityWarnings,
+    isShowingConfidence,
     loadModelFile,
+    setQualityReport,
+    showConfidence,
     updateModelNode,
     volumeFromNode,
+    warningsText,
+    withWarnings,
 )
 from NUDFSegmentationLib.SelfTest import addSeedNode, loadVolumeNode, makeScene, stubSegment  # noqa: E402
 
@@ -216,6 +227,123 @@ def test_model_node_holds_the_mesh_in_ras_with_an_laa_display(scene):
     again = updateModelNode(scene, _sphere_lps(radius=3.0), node)
     assert again is node and scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == n_models
     assert node.GetPolyData().GetNumberOfPoints() == _sphere_lps(radius=3.0).GetNumberOfPoints()
+
+
+# ------------------------------------------------------------------------------------- confidence
+#: What the engine puts on a mesh whose surface it doubts (NUDFCore.quality's wording).
+INCOMPLETE = "the surface may be incomplete near LPS (12.0, -20.0, 30.0): it has a hole about 6 mm across besides the ostium."
+NOT_LAA = "this does not look like a left atrial appendage: its area is 1.2 cm² (an LAA: 3–80 cm²)."
+
+
+def _with_confidence(mesh: vtk.vtkPolyData, low: float = 0.1, high: float = 0.95) -> vtk.vtkPolyData:
+    """The mesh with the engine's point arrays: confidence rising from ``low`` to ``high`` along the points."""
+    from NUDFCore.quality import CONFIDENCE_ARRAY, set_point_array
+    from NUDFCore.meshing import DISTANCE_ARRAY
+
+    out = vtk.vtkPolyData()
+    out.DeepCopy(mesh)
+    confidence = np.linspace(low, high, out.GetNumberOfPoints())
+    set_point_array(out, CONFIDENCE_ARRAY, confidence)
+    set_point_array(out, DISTANCE_ARRAY, 0.5 * (1.0 - confidence))
+    return out
+
+
+def _point_array(node, name: str) -> np.ndarray:
+    from vtk.util import numpy_support
+
+    array = node.GetPolyData().GetPointData().GetArray(name)
+    assert array is not None, f"{node.GetName()} has no {name!r} point array"
+    return numpy_support.vtk_to_numpy(array).astype(np.float64)
+
+
+def _assert_coloured_by_confidence(node) -> None:
+    display = node.GetDisplayNode()
+    assert display.GetActiveScalarName() == "confidence" and display.GetScalarVisibility()
+    assert display.GetActiveAttributeLocation() == vtk.vtkAssignAttribute.POINT_DATA
+    assert tuple(display.GetScalarRange()) == (0.0, 1.0)
+    assert display.GetScalarRangeFlag() == display.UseManualScalarRange
+    assert display.GetColorNode().GetName() == CONFIDENCE_COLOR_NODE_NAME
+    legend = confidenceLegend(node)
+    assert legend is not None and legend.GetVisibility() and legend.GetTitleText() == "Confidence"
+    assert isShowingConfidence(node)
+
+
+def test_model_node_keeps_the_point_arrays_and_is_coloured_by_confidence(scene):
+    mesh_lps = _with_confidence(_sphere_lps(), 0.3, 0.6)
+    node = updateModelNode(scene, mesh_lps, None, "CT LAA")
+    np.testing.assert_array_equal(_point_array(node, "confidence"), np.linspace(0.3, 0.6, mesh_lps.GetNumberOfPoints()))
+    np.testing.assert_array_equal(_point_array(node, "distance_mm"), 0.5 * (1.0 - np.linspace(0.3, 0.6, mesh_lps.GetNumberOfPoints())))
+    _assert_coloured_by_confidence(node)  # fixed 0-1 although this mesh only spans 0.3-0.6
+    display = node.GetDisplayNode()
+    display.UpdateScalarRange()  # what MRML does when the data change: a manual range stays
+    assert tuple(display.GetScalarRange()) == (0.0, 1.0)
+    # the colour map: red where the network is unsure, yellow half-way, green where it is sure
+    colors = display.GetColorNode().GetColorTransferFunction()
+    r, g, b = colors.GetColor(0.0)
+    assert r > 0.7 and g < 0.3 and b < 0.3
+    r, g, b = colors.GetColor(0.5)
+    assert r > 0.8 and g > 0.7 and b < 0.4
+    r, g, b = colors.GetColor(1.0)
+    assert g > 0.5 and r < 0.3 and b < 0.4
+    # a second model shares the scene's one confidence colour node and gets its own legend
+    other = updateModelNode(scene, _with_confidence(_sphere_lps(radius=3.0)), None, "CT LAA")
+    assert other.GetDisplayNode().GetColorNodeID() == display.GetColorNodeID() == confidenceColorNode(scene).GetID()
+    colorNodes = [scene.GetNthNodeByClass(i, "vtkMRMLColorNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorNode"))]
+    assert [n.GetName() for n in colorNodes].count(CONFIDENCE_COLOR_NODE_NAME) == 1
+    assert confidenceLegend(other) is not confidenceLegend(node)
+
+
+def test_confidence_colouring_can_be_switched_off_and_needs_the_array(scene):
+    node = updateModelNode(scene, _with_confidence(_sphere_lps()), None, "CT LAA", colorByConfidence=False)
+    display = node.GetDisplayNode()
+    assert not display.GetScalarVisibility() and not isShowingConfidence(node)
+    assert confidenceLegend(node) is None  # no legend made for a plain model
+    assert _point_array(node, "confidence").size  # the arrays are there all the same
+    assert showConfidence(node, True)
+    _assert_coloured_by_confidence(node)
+    assert not showConfidence(node, False)
+    assert not display.GetScalarVisibility() and not confidenceLegend(node).GetVisibility()
+    r, g, b = display.GetColor()
+    assert r > g and r > b  # back to the plain appendage colour
+    # a mesh without the array (an older engine, a loaded STL) is shown plainly, whatever is asked
+    assert not showConfidence(updateModelNode(scene, _sphere_lps(), node), True)
+    assert not display.GetScalarVisibility() and not confidenceLegend(node).GetVisibility()
+
+
+def test_loaded_vtp_keeps_its_arrays_and_colouring_survives_scene_save_and_reload(scene, tmp_path):
+    from NUDFCore.io import write_mesh
+
+    mesh_lps = _with_confidence(_sphere_lps())
+    path = write_mesh(mesh_lps, tmp_path / "laa.vtp", frame="ras")  # what the background worker writes
+    node = loadModelFile(scene, path, name="LAA")
+    np.testing.assert_allclose(_point_array(node, "confidence"), np.linspace(0.1, 0.95, mesh_lps.GetNumberOfPoints()))
+    assert np.all(np.isfinite(_point_array(node, "distance_mm")))
+    _assert_coloured_by_confidence(node)
+    setQualityReport(node, {"warnings": [INCOMPLETE], "warning_codes": ["holes"], "mean_confidence": 0.52})
+
+    scene.SetRootDirectory(str(tmp_path))
+    for n, ext in ((node, ".vtp"), (confidenceColorNode(scene), ".txt")):  # as Slicer's Save dialog does
+        n.AddDefaultStorageNode()
+        n.GetStorageNode().SetFileName(str(tmp_path / f"saved_{n.GetID()}{ext}"))
+        assert n.GetStorageNode().WriteData(n)
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    reloaded = makeScene()
+    reloaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert reloaded.Import()
+    again = reloaded.GetFirstNodeByName("LAA")
+    np.testing.assert_allclose(_point_array(again, "confidence"), _point_array(node, "confidence"))
+    _assert_coloured_by_confidence(again)
+    assert confidenceColorNode(reloaded) is again.GetDisplayNode().GetColorNode()  # reused, not duplicated
+    assert getQualityWarnings(again) == [INCOMPLETE]
+    assert getQualityReport(again)["mean_confidence"] == 0.52 and getQualityReport(again)["warning_codes"] == ["holes"]
+    assert set(getProvenance(again)) == set()  # the quality report is not mistaken for provenance
+
+
+def test_warnings_text_for_the_status_line():
+    assert warningsText([]) == "" and withWarnings("Done: 2 s", []) == "Done: 2 s"
+    assert withWarnings("Done: 2 s", [INCOMPLETE]) == f"Done: 2 s — 1 warning: {INCOMPLETE}"
+    assert warningsText([INCOMPLETE, NOT_LAA]) == f"2 warnings: (1) {INCOMPLETE} (2) {NOT_LAA}"
 
 
 # ------------------------------------------------------------------------------------- export
@@ -389,6 +517,8 @@ def test_parse_lines_and_command():
     done = parseLine('{"done": true, "summary": {"quality": {"n_faces": 10, "boundary_loops": 1}, "timings": {"total": 2.5}}}')
     assert done.kind == "done" and done.summary["quality"]["n_faces"] == 10
     assert summaryText(done.summary) == "Done: 2.5 s, 10 faces, 1 boundary loop(s)"
+    done.summary["quality"]["mean_confidence"] = 0.834
+    assert summaryText(done.summary) == "Done: 2.5 s, 10 faces, 1 boundary loop(s), mean confidence 0.83"
     assert parseLine("{not json").kind == "log"
     assert parseLine("loading model").kind == "log"
     assert parseLine("nudf segment: error: bad", "stderr").kind == "error"
@@ -568,6 +698,81 @@ def test_a_failing_listener_does_not_stop_delivery(scene, ct_file):
     controller.addListener(brokenPanel)
     controller.start(params)
     assert controller.state == "done" and params.getNode("OutputModel") is not None
+
+
+def _doubting_stub(ct, **kw):
+    """The stub engine's surface (with its confidence arrays) and two warnings, as the engine reports them."""
+    result = stubSegment(ct, **kw)
+    result.quality.update(warnings=[INCOMPLETE, NOT_LAA], warning_codes=["holes", "area"])
+    return result
+
+
+def test_in_process_run_reports_the_warnings_and_colours_the_model(scene, ct_file):
+    params = _ready_parameters(scene, ct_file, runInBackground=False)
+    controller = RunController(SegmentationLogic(scene, segmentFunction=_doubting_stub), scheduler=None)
+    events: list = []
+    controller.addListener(events.append)
+    controller.start(params)
+    done = events[-1]
+    assert done.kind == "done" and done.warnings == (INCOMPLETE, NOT_LAA)
+    assert controller.statusText == done.message and controller.statusText.startswith("Done: ")
+    assert controller.statusText.endswith(f" — 2 warnings: (1) {INCOMPLETE} (2) {NOT_LAA}")
+    assert "mean confidence" in controller.statusText  # SegmentationResult.summary()
+    model = params.getNode("OutputModel")
+    assert getQualityWarnings(model) == [INCOMPLETE, NOT_LAA]  # kept with the result
+    assert getQualityReport(model)["warning_codes"] == ["holes", "area"]
+    _assert_coloured_by_confidence(model)
+    conf = _point_array(model, "confidence")
+    assert np.all(np.isfinite(conf)) and conf.min() >= 0.0 and conf.max() <= 1.0
+
+    # the option off: the next run's model is shown plainly; switching it on recolours without a new run
+    params.set("colorByConfidence", False)
+    controller.start(params)
+    assert controller.state == "done" and not isShowingConfidence(model)
+    params.set("colorByConfidence", True)
+    controller.logic.applyDisplayParameters(params)
+    _assert_coloured_by_confidence(model)
+    # a run without doubts says nothing more than its summary, and clears the earlier warnings
+    controller.logic.segmentFunction = stubSegment
+    controller.start(params)
+    assert events[-1].warnings == () and "warning" not in controller.statusText
+    assert getQualityWarnings(model) == []
+
+
+class _DoubtfulWorker(BackgroundSegmentation):
+    """A real worker process that ends at once with what ``nudf segment --progress-format json`` leaves: a VTP
+    (RAS, with the confidence arrays) and a final summary whose quality holds a warning."""
+
+    def start(self, volumeNode, seed_ras, **options) -> None:
+        import json
+        import tempfile
+
+        from NUDFCore.io import write_mesh
+
+        self.workDir = Path(tempfile.mkdtemp(prefix="NUDFSegmentation-"))
+        ct = SegmentationLogic.volumeFromNode(volumeNode)
+        write_mesh(stubSegment(ct, seed_ras=seed_ras).mesh_lps, self.outputPath, frame="ras")
+        summary = {"timings": {"total": 3.0}, "quality": {"n_faces": 10, "mean_confidence": 0.61,
+                                                          "warnings": [INCOMPLETE], "warning_codes": ["holes"]}}
+        line = json.dumps({"done": True, "summary": summary})
+        self.startCommand([sys.executable, "-c", f"print({line!r})"])
+
+
+def test_background_run_brings_the_arrays_and_warnings_through_the_worker_files(scene, ct_file):
+    params = _ready_parameters(scene, ct_file)
+    controller = RunController(SegmentationLogic(scene), scheduler=None, workerFactory=_DoubtfulWorker)
+    events: list = []
+    controller.addListener(events.append)
+    controller.start(params)
+    assert controller.wait(timeout=60) == "done", controller.statusText
+    assert controller.statusText == f"Done: 3.0 s, 10 faces, mean confidence 0.61 — 1 warning: {INCOMPLETE}"
+    assert events[-1].warnings == (INCOMPLETE,)
+    model = params.getNode("OutputModel")
+    assert getQualityWarnings(model) == [INCOMPLETE]
+    conf, dist = _point_array(model, "confidence"), _point_array(model, "distance_mm")
+    assert len(conf) == len(dist) == model.GetPolyData().GetNumberOfPoints()
+    assert np.all(np.isfinite(dist)) and conf.min() >= 0.0 and conf.max() <= 1.0 and conf.max() > conf.min()
+    _assert_coloured_by_confidence(model)
 
 
 def test_background_failure_reports_the_engine_error(tmp_path, scene, ct_file):

@@ -1,6 +1,7 @@
 """End to end through Slicer's MRML (slicer-core): a phantom CT loaded as a scalar volume node, a markups
 seed in RAS, the Logic in-process and a background run owned by the RunController (delivered to the scene
-after the panel and the parameter node are gone), the model node and its provenance, and the STL export.
+after the panel and the parameter node are gone), the model node (its per-vertex ``distance_mm`` and
+``confidence`` arrays, coloured by confidence, the result's warnings) and its provenance, and the STL export.
 
 Uses the lead's session fixtures ``phantom_case`` (case_dir with ct.nii.gz, laa.vtp, meta.json) and
 ``model_path`` (the bundled model, which has not seen that phantom) from Testing/conftest.py.
@@ -29,7 +30,14 @@ from NUDFSegmentationLib import (  # noqa: E402
     SegmentationLogic,
     exportModelToFile,
 )
-from NUDFSegmentationLib.SegmentationLogic import getProvenance  # noqa: E402
+from NUDFSegmentationLib.BackgroundSegmentation import summaryText  # noqa: E402
+from NUDFSegmentationLib.SegmentationLogic import (  # noqa: E402
+    confidenceLegend,
+    getProvenance,
+    getQualityWarnings,
+    isShowingConfidence,
+    withWarnings,
+)
 from NUDFSegmentationLib.SelfTest import addSeedNode, loadVolumeNode, makeScene  # noqa: E402
 
 #: Resolution of these runs: coarser than the 0.25 mm default to keep CPU tests quick.
@@ -106,6 +114,41 @@ def test_mesh_is_open_and_near_the_ground_truth(segmented, case):
     assert np.linalg.norm(pts.mean(0) - case["seed_lps"]) < 25.0
 
 
+def _assert_confidence_on_model(model) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's point arrays on the model node (finite distances, confidence in [0, 1], not all alike) and
+    the display coloured by confidence over a fixed 0-1 range with a legend; returns (distance, confidence)."""
+    from vtk.util import numpy_support
+
+    point_data = model.GetPolyData().GetPointData()
+    arrays = []
+    for name in ("distance_mm", "confidence"):
+        assert point_data.GetArray(name) is not None, f"the model node lost the {name!r} point array"
+        values = numpy_support.vtk_to_numpy(point_data.GetArray(name)).astype(np.float64)
+        assert len(values) == model.GetPolyData().GetNumberOfPoints() and np.all(np.isfinite(values)), name
+        arrays.append(values)
+    distance, confidence = arrays
+    assert distance.min() >= 0.0 and confidence.min() >= 0.0 and confidence.max() <= 1.0
+    assert confidence.max() > confidence.min()  # a real per-vertex signal, not a constant
+    display = model.GetDisplayNode()
+    assert display.GetActiveScalarName() == "confidence" and display.GetScalarVisibility()
+    assert tuple(display.GetScalarRange()) == (0.0, 1.0) and display.GetScalarRangeFlag() == display.UseManualScalarRange
+    assert confidenceLegend(model).GetVisibility() and isShowingConfidence(model)
+    return distance, confidence
+
+
+def test_model_node_carries_the_engine_confidence_and_is_coloured_by_it(segmented):
+    from vtk.util import numpy_support
+
+    model, result = segmented["model"], segmented["result"]
+    distance, confidence = _assert_confidence_on_model(model)
+    engine = result.mesh_lps.GetPointData()
+    np.testing.assert_array_equal(confidence, numpy_support.vtk_to_numpy(engine.GetArray("confidence")))
+    np.testing.assert_array_equal(distance, numpy_support.vtk_to_numpy(engine.GetArray("distance_mm")))
+    assert 0.0 <= result.quality["mean_confidence"] <= 1.0
+    # the result's warnings (whatever this phantom gives) are kept with the model for the status line
+    assert getQualityWarnings(model) == result.warnings
+
+
 @pytest.mark.parametrize("frame", ["lps", "ras"])
 def test_exported_stl_is_in_the_requested_frame(segmented, tmp_path, frame):
     path = exportModelToFile(segmented["model"], tmp_path / "laa.stl", frame=frame)
@@ -133,8 +176,14 @@ def test_background_run_reaches_the_scene_after_the_panel_and_parameters_are_gon
     params.set("resolutionMm", RESOLUTION_MM)
     work = tmp_path / "work"  # kept after the run, to read the worker's sidecar
     timers: list = []
+    workers: list[BackgroundSegmentation] = []
+
+    def factory() -> BackgroundSegmentation:
+        workers.append(BackgroundSegmentation(workDir=work))
+        return workers[-1]
+
     controller = RunController(SegmentationLogic(scene), scheduler=lambda ms, callback: timers.append(callback),
-                               workerFactory=lambda: BackgroundSegmentation(workDir=work))
+                               workerFactory=factory)
     panel: list = []
     controller.addListener(panel.append)
     controller.start(params)
@@ -164,7 +213,13 @@ def test_background_run_reaches_the_scene_after_the_panel_and_parameters_are_gon
     assert Path(sidecar.pop("input_file")).parent == work
     assert record == sidecar
     np.testing.assert_allclose(record["seed_ras"], case["seed_ras"], atol=1e-5)
-    assert controller.statusText.startswith("Done:")
+    # the per-vertex arrays came through the worker's VTP; its warnings through its JSON summary
+    _assert_confidence_on_model(model)
+    summary = workers[0].summary
+    warnings = summary["quality"]["warnings"]
+    assert isinstance(warnings, list) and getQualityWarnings(model) == warnings
+    assert controller.statusText == withWarnings(summaryText(summary), warnings)
+    assert controller.statusText.startswith("Done:") and "mean confidence" in controller.statusText
 
 
 def test_cancel_stops_the_real_engine(case, model_path):

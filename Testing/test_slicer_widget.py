@@ -240,6 +240,38 @@ def test_an_in_process_run_shows_its_result_and_exports(panel, tmp_path):
     assert ui.statusLabel.text == f"Exported {out} (LPS)."
 
 
+def test_the_status_line_shows_the_warnings_and_the_model_is_coloured_by_confidence(panel):
+    incomplete = "the surface may be incomplete near LPS (1.0, 2.0, 3.0): it has a hole about 5 mm across besides the ostium."
+
+    def doubtingStub(ct, **kw):
+        result = stubSegment(ct, **kw)
+        result.quality.update(warnings=[incomplete], warning_codes=["holes"])
+        return result
+
+    ui = panel.ui
+    panel.widget.logic.segmentFunction = doubtingStub
+    ui.inputVolumeSelector.setCurrentNode(panel.volume)
+    ui.seedSelector.setCurrentNode(addSeedNode(panel.scene, panel.case["seed_ras"]))
+    ui.backgroundCheckBox.setChecked(False)
+    assert ui.colorByConfidenceCheckBox.checked and panel.params.get("colorByConfidence") is True
+    ui.applyButton.click()
+    assert ui.statusLabel.text.startswith("Done:") and ui.statusLabel.text.endswith(f" — 1 warning: {incomplete}")
+    assert ui.statusLabel.toolTip == f"Warning: {incomplete}"
+    model = panel.params.getNode("OutputModel")
+    display = model.GetDisplayNode()
+    assert display.GetActiveScalarName() == "confidence" and display.GetScalarVisibility()
+    assert tuple(display.GetScalarRange()) == (0.0, 1.0)
+    # unticking the box shows the model in its plain colour at once (no new run), ticking it colours it again
+    ui.colorByConfidenceCheckBox.setChecked(False)
+    assert panel.params.get("colorByConfidence") is False and not display.GetScalarVisibility()
+    ui.colorByConfidenceCheckBox.setChecked(True)
+    assert display.GetScalarVisibility() and display.GetActiveScalarName() == "confidence"
+    # a run without warnings clears them from the status line and its tooltip
+    panel.widget.logic.segmentFunction = stubSegment
+    ui.applyButton.click()
+    assert "warning" not in ui.statusLabel.text and ui.statusLabel.toolTip == ""
+
+
 class _FinishedWorker(BackgroundSegmentation):
     """A real worker process that ends at once with a finished mesh (what the engine leaves behind)."""
 
