@@ -334,13 +334,17 @@ def main(argv=None) -> int:
            "| what | " + " | ".join(names) + (" | speed-up |" if base_hash else ""),
            "|---|" + "---|" * len(names) + ("---|" if base_hash else "")]
 
-    def row(label, fn):
+    def row(label, fn, speed: str = "time"):
+        """speed: "time" (ratio baseline/this), "rate" (this/baseline) or "none" (no ratio)."""
         vals = [[fn(r) for r in runs[n]] for n in names]
         cells = [_med(v) for v in vals]
         ratio = ""
         if base_hash:
             b, t = statistics.median(vals[0]), statistics.median(vals[1])
-            ratio = f" {b / t:.2f}× |" if t > 0 else " — |"
+            if speed == "none" or min(b, t) <= 0:
+                ratio = " — |"
+            else:
+                ratio = f" {(b / t if speed == 'time' else t / b):.2f}× |"
         out.append(f"| {label} | " + " | ".join(cells) + (" |" + ratio if base_hash else " |"))
 
     row("process wall (Python start + imports + read + segment + write STL)", lambda r: r["process_wall_s"])
@@ -351,13 +355,14 @@ def main(argv=None) -> int:
     for st in stages:
         row(f"segment: {st}", lambda r, st=st: r["timings"].get(st, 0.0))
     row("write STL", lambda r: r["write_s"])
-    row("peak RSS MB (whole worker process)", lambda r: r["peak_rss_mb"])
+    row("peak RSS MB (whole worker process)", lambda r: r["peak_rss_mb"], "none")
 
     def surf_s(r):
         return r["timings"].get("surface", 0.0) + r["timings"].get("surface (first pass)", 0.0)
 
-    row("decoder queries, all stages", lambda r: r["quality"]["n_queries"])
-    row("queries/s over the surface stages (meshing included)", lambda r: r["quality"]["n_queries"] / surf_s(r))
+    row("decoder queries, all stages", lambda r: r["quality"]["n_queries"], "none")
+    row("queries/s over the surface stages (meshing included)", lambda r: r["quality"]["n_queries"] / surf_s(r),
+        "rate")
     for n in names:
         q = runs[n][0]["quality"]
         out.append(f"| mesh ({n}) | {q.get('n_vertices')} vertices, {q.get('n_faces')} faces, "
