@@ -102,6 +102,85 @@ def test_ground_truth_is_open_with_one_loop_on_the_ostium_plane(case):
     assert laa["max_field_error_mm"] < 0.02
 
 
+def test_meta_volume_is_the_capped_volume_of_the_mesh(case):
+    """meta.json's ``laa.volume_ml`` is the volume of the GT mesh closed at its ostium, as NUDFCore.measure (its
+    own spanning-surface cap) and a voxel count of the fan-capped mesh (vtkPolyDataToImageStencil, no winding
+    involved) measure it. The generator used to choose its cap's sign by the size of the result: up to 3x too
+    large (median +49 % over 270 seeds), depending on where the LAA lay relative to the heart-frame origin."""
+    from NUDFCore.measure import measure_laa
+
+    mesh = case.mesh_lps
+    meta_ml = case.meta["laa"]["volume_ml"]
+    assert meta_ml == pytest.approx(measure_laa(mesh).volume_ml, rel=1e-3)
+    pts, tris = io.polydata_points(mesh), io.polydata_triangles(mesh)
+    loop = meshtools.boundary_loops(mesh)[0]
+    fan = np.column_stack([np.full(len(loop), len(pts)), loop, np.roll(loop, -1)])
+    closed = io.make_polydata(np.vstack([pts, pts[loop].mean(axis=0)]), np.vstack([tris, fan]))
+    h = 0.25
+    lo = pts.min(axis=0) - 2 * h
+    dims = np.ceil((pts.max(axis=0) + 2 * h - lo) / h).astype(int) + 1
+    image = vtk.vtkImageData()
+    image.SetOrigin(*lo)
+    image.SetSpacing(h, h, h)
+    image.SetDimensions(*[int(d) for d in dims])
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    image.GetPointData().GetScalars().Fill(1)
+    stencil = vtk.vtkPolyDataToImageStencil()
+    stencil.SetInputData(closed)
+    stencil.SetOutputOrigin(*lo)
+    stencil.SetOutputSpacing(h, h, h)
+    stencil.SetOutputWholeExtent(image.GetExtent())
+    to_image = vtk.vtkImageStencil()
+    to_image.SetInputData(image)
+    to_image.SetStencilConnection(stencil.GetOutputPort())
+    to_image.ReverseStencilOff()
+    to_image.SetBackgroundValue(0)
+    to_image.Update()
+    voxels = numpy_support.vtk_to_numpy(to_image.GetOutput().GetPointData().GetScalars()).sum()
+    assert meta_ml == pytest.approx(voxels * h**3 / 1000.0, rel=0.01)
+
+
+def _hemisphere(radius: float, n_around: int = 48, n_rings: int = 12) -> vtk.vtkPolyData:
+    """An open hemisphere (rim = the equator, z = 0; pole at +z), wound with normals pointing outwards."""
+    from laa_shapes import tube_from_rings
+
+    theta = np.linspace(0.0, 2.0 * np.pi, n_around, endpoint=False)
+    rings = [np.column_stack([radius * np.cos(a) * np.cos(theta), radius * np.cos(a) * np.sin(theta),
+                              np.full(n_around, radius * np.sin(a))])
+             for a in np.linspace(0.0, 0.5 * np.pi, n_rings + 1)[:-1]]
+    return tube_from_rings(rings, np.array([0.0, 0.0, radius]))
+
+
+@pytest.mark.parametrize("motion_seed", [0, 1])
+def test_capped_volume_of_an_open_hemisphere_in_both_windings(motion_seed):
+    """2/3 π r³, wherever the hemisphere lies (the cap's winding comes from the rim, not from the result),
+    with either winding (the sign says which) and either direction of the loop."""
+    from laa_shapes import place, random_motion
+    from scipy.spatial import ConvexHull
+
+    from NUDFCore.phantom.truth import capped_signed_volume
+
+    r = 12.0
+    mesh = place(_hemisphere(r), *random_motion(motion_seed, max_shift_mm=150.0))
+    pts, tris = io.polydata_points(mesh), io.polydata_triangles(mesh)
+    loops = meshtools.boundary_loops(mesh)
+    assert len(loops) == 1
+    hull = ConvexHull(pts).volume  # the capped polyhedron is convex: exactly its volume
+    assert hull == pytest.approx(2.0 / 3.0 * np.pi * r**3, rel=0.02)
+    normals_out = np.cross(pts[tris[:, 1]] - pts[tris[:, 0]], pts[tris[:, 2]] - pts[tris[:, 0]])
+    assert np.einsum("ij,ij->i", normals_out, pts[tris].mean(axis=1) - pts.mean(axis=0)).min() > 0
+    for loop in (loops[0], loops[0][::-1]):
+        assert capped_signed_volume(pts, tris, loop) == pytest.approx(hull, rel=1e-9)
+        assert capped_signed_volume(pts, tris[:, ::-1], loop) == pytest.approx(-hull, rel=1e-9)
+    # an inconsistently wound surface, or a loop that is not its boundary, is refused
+    flipped = tris.copy()
+    flipped[0] = flipped[0, ::-1]
+    with pytest.raises(ValueError, match="inconsistent winding"):
+        capped_signed_volume(pts, flipped, loops[0])
+    with pytest.raises(ValueError, match="boundary loop"):
+        capped_signed_volume(pts, tris, np.roll(loops[0], 1)[::2])
+
+
 def test_ground_truth_sits_on_the_lumen_edge_of_the_ct(case):
     """CT along the mesh normals: blood inside, wall/fat outside, the edge (steepest drop) at the surface."""
     mesh = case.mesh_lps
