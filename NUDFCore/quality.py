@@ -199,24 +199,12 @@ def rim_of(mesh: vtk.vtkPolyData, loops: list[np.ndarray] | None = None) -> Rim 
 
 
 def capped_volume_ml(mesh: vtk.vtkPolyData, loops: list[np.ndarray] | None = None) -> float:
-    """Volume enclosed by the surface with every boundary loop fanned shut (mL), by the divergence theorem."""
-    pts = polydata_points(mesh)
+    """Volume enclosed by the surface with every boundary loop fanned shut (mL)."""
     tris = polydata_triangles(mesh)
     if len(tris) == 0:
         return 0.0
     loops = meshtools.boundary_loops(mesh) if loops is None else loops
-    directed = {(int(a), int(b)) for t in tris for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
-    caps = []
-    for lp in loops:
-        if len(lp) < 3:
-            continue
-        apex = pts[lp].mean(axis=0)
-        nxt = np.roll(lp, -1)
-        forward = (int(lp[0]), int(lp[1])) in directed
-        a, b = (nxt, lp) if forward else (lp, nxt)  # the cap runs against the surface's boundary edges
-        caps.append(np.einsum("ij,ij->i", pts[a], np.cross(pts[b], apex)))
-    body = np.einsum("ij,ij->i", pts[tris[:, 0]], np.cross(pts[tris[:, 1]], pts[tris[:, 2]]))
-    return abs(float(body.sum() + sum(c.sum() for c in caps))) / 6.0 / 1000.0
+    return abs(meshtools.capped_signed_volume(polydata_points(mesh), tris, loops)) / 1000.0
 
 
 def _closed_copy(mesh: vtk.vtkPolyData, loops: list[np.ndarray]) -> vtk.vtkPolyData:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import meshtools
 from ..io import make_polydata, polydata_points, polydata_triangles
 from .anatomy import _Anatomy, _Reject, _laa_clear_of_plane
 from .sdf import Field, _BIG, _MC_SPACING_MM, _Grid, _eval_field_grid, _translate, _unit
@@ -124,42 +125,10 @@ def _marching_cubes_gt(an: _Anatomy) -> _GroundTruth:
 
 
 def capped_signed_volume(points: np.ndarray, triangles: np.ndarray, loop: np.ndarray) -> float:
-    """Signed volume (mm³) of an open surface closed over its boundary ``loop`` by a fan from the loop centroid.
-
-    The surface must be consistently wound (no directed edge used twice) and ``loop`` (point ids, in either
-    order) one of its boundary loops. The cap is wound from the rim, not from the size of the result: a
-    boundary edge a→b as the surface's triangles run it is run b→a by the cap, so surface and cap form one
-    consistently wound closed surface, and the divergence theorem gives its volume. Positive when the
-    triangles' normals point out of the enclosed volume, negative when they point in; ``abs`` of it is the
-    volume. Raises ``ValueError`` when the winding is inconsistent or ``loop`` is not a boundary loop.
-    """
-    pts = np.asarray(points, dtype=np.float64)
-    tris = np.asarray(triangles, dtype=np.int64)
-    loop = np.asarray(loop, dtype=np.int64)
-    if len(loop) < 3:
-        raise ValueError("the boundary loop has fewer than 3 points")
-    e = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
-    if len(np.unique(e, axis=0)) != len(e):
-        raise ValueError("inconsistent winding (a directed edge is used by two triangles)")
-    directed = set(map(tuple, e.tolist()))
-    nxt = np.roll(loop, -1)
-    along = sum((int(a), int(b)) in directed for a, b in zip(loop, nxt))
-    against = sum((int(b), int(a)) in directed for a, b in zip(loop, nxt))
-    if along == len(loop) and against == 0:
-        ring = loop[::-1]  # the surface runs loop[i] -> loop[i+1]: the cap runs it back
-    elif against == len(loop) and along == 0:
-        ring = loop
-    else:
-        raise ValueError("the loop is not a consistently oriented boundary loop of the surface")
-    # closed surface = the triangles + the fan (apex, ring[i], ring[i+1]); volume = sum of det(a, b, c) / 6 about a
-    # reference point (the vertex mean, for precision; any point gives the same sum once the winding is consistent)
-    ref = pts.mean(axis=0)
-    p = pts - ref
-    apex = p[loop].mean(axis=0)
-    a = np.concatenate([p[tris[:, 0]], np.broadcast_to(apex, (len(ring), 3))])
-    b = np.concatenate([p[tris[:, 1]], p[ring]])
-    c = np.concatenate([p[tris[:, 2]], p[np.roll(ring, -1)]])
-    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+    """Signed volume (mm³) of the ground-truth surface closed over its ostium ``loop``; strict: raises
+    ``ValueError`` on an inconsistent winding or a loop that is not a boundary (see
+    :func:`NUDFCore.meshtools.capped_signed_volume`)."""
+    return meshtools.capped_signed_volume(points, triangles, [loop], strict=True)
 
 
 def _value_and_gradient(fld: Field, pts: np.ndarray, eps: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
