@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", default=[], metavar="NAME=CKPT",
                    help="a NUDF checkpoint to score (repeatable; default: the bundled model)")
     p.add_argument("--unet", type=Path, default=None, help="also score this U-Net checkpoint (unet_baseline.py)")
+    p.add_argument("--unet-only", action="store_true", help="score only the --unet checkpoint (no NUDF model)")
     p.add_argument("--resolution", type=float, default=0.25, help="NUDF surface grid in mm (default 0.25)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, default=None, help="write every per-case row here")
@@ -98,7 +99,11 @@ def main(argv=None) -> int:
             sets[name] = [load_case(folder).case_dir]
         except InputError:
             sets[name] = [c.case_dir for c in list_cases(folder)]
+    if args.unet_only and args.unet is None:
+        p.error("--unet-only needs --unet CKPT")
     models = [tuple(m.partition("=")[::2]) for m in args.model] or [("bundled", str(default_model_path()))]
+    if args.unet_only:
+        models = []
     results: dict = {}
     for mname, ckpt in models:
         for sname, dirs in sets.items():
