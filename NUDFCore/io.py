@@ -557,6 +557,20 @@ def polydata_triangles(polydata: vtk.vtkPolyData) -> np.ndarray:
     return conn.reshape(-1, 3).astype(np.int64)
 
 
+def point_array(mesh: vtk.vtkPolyData, name: str) -> np.ndarray | None:
+    """A point-data array of ``mesh`` as float64 numpy (a copy), or None when it has none of that name."""
+    arr = mesh.GetPointData().GetArray(name)
+    return None if arr is None else numpy_support.vtk_to_numpy(arr).astype(np.float64)
+
+
+def set_point_array(mesh: vtk.vtkPolyData, name: str, values: np.ndarray) -> None:
+    """Add, or replace, the float64 point-data array ``name`` (one value per point)."""
+    arr = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
+    arr.SetName(name)
+    mesh.GetPointData().RemoveArray(name)
+    mesh.GetPointData().AddArray(arr)
+
+
 def make_polydata(points: np.ndarray, triangles: np.ndarray) -> vtk.vtkPolyData:
     """Build a triangle vtkPolyData from (N, 3) points and (M, 3) vertex indices."""
     pts = vtk.vtkPoints()

@@ -33,7 +33,7 @@ import numpy as np
 import vtk
 
 from .errors import InputError, SegmentationCancelled, SegmentationError
-from .io import make_polydata, polydata_points, polydata_triangles
+from .io import make_polydata, polydata_points, polydata_triangles, set_point_array
 
 UDFFn = Callable[[np.ndarray], np.ndarray]
 """(N, 3) points -> (N,) unsigned distances (mm, >= 0; negative values are clamped to 0)."""
@@ -459,14 +459,9 @@ def _consistent_winding(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
 
 def _with_arrays(mesh: vtk.vtkPolyData, **arrays: np.ndarray | None) -> vtk.vtkPolyData:
     """Attach per-vertex float arrays (skipping None and arrays of the wrong length); returns ``mesh``."""
-    from vtk.util import numpy_support
-
     for name, values in arrays.items():
-        if values is None or len(values) != mesh.GetNumberOfPoints():
-            continue
-        arr = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
-        arr.SetName(name)
-        mesh.GetPointData().AddArray(arr)
+        if values is not None and len(values) == mesh.GetNumberOfPoints():
+            set_point_array(mesh, name, values)
     return mesh
 
 
@@ -883,15 +878,6 @@ def extract_open_surface(
     stats["vertices"] = mesh.GetNumberOfPoints()
     return MeshingResult(mesh, ev.n_queries, ev.n_grad_queries, n_dense, timings, stats,
                          (lat.points(lat.ijk(store.keys)), store.vals.copy()))
-
-
-def _point_array(mesh: vtk.vtkPolyData, name: str) -> np.ndarray | None:
-    arr = mesh.GetPointData().GetArray(name)
-    if arr is None:
-        return None
-    from vtk.util import numpy_support
-
-    return numpy_support.vtk_to_numpy(arr).astype(np.float64)
 
 
 def _vertex_normals(pts: np.ndarray, tris: np.ndarray) -> np.ndarray:

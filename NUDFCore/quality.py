@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import vtk
 
-from .io import Volume, make_polydata, polydata_points, polydata_triangles
+from .io import Volume, make_polydata, point_array, polydata_points, polydata_triangles, set_point_array
 from .meshing import DISTANCE_ARRAY, SLOPE_ARRAY
 from . import meshtools
 
@@ -86,24 +86,6 @@ def vertex_confidence(distance_mm: np.ndarray, slope: np.ndarray | None, other_d
     if other_distance_mm is not None:
         c = c * np.exp(-np.abs(np.asarray(other_distance_mm, dtype=np.float64) - d) / AGREEMENT_SCALE_MM)
     return np.clip(np.nan_to_num(c, nan=0.0), 0.0, 1.0)
-
-
-def point_array(mesh: vtk.vtkPolyData, name: str) -> np.ndarray | None:
-    """A point-data array as float64 numpy, or None."""
-    from vtk.util import numpy_support
-
-    arr = mesh.GetPointData().GetArray(name)
-    return None if arr is None else numpy_support.vtk_to_numpy(arr).astype(np.float64)
-
-
-def set_point_array(mesh: vtk.vtkPolyData, name: str, values: np.ndarray) -> None:
-    """Add or replace a float point-data array."""
-    from vtk.util import numpy_support
-
-    arr = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
-    arr.SetName(name)
-    mesh.GetPointData().RemoveArray(name)
-    mesh.GetPointData().AddArray(arr)
 
 
 def attach_confidence(mesh: vtk.vtkPolyData, distance_mm: np.ndarray, slope: np.ndarray | None,

@@ -15,7 +15,7 @@ import pytest
 
 from NUDFCore import meshing, meshtools
 from NUDFCore.errors import InputError, SegmentationCancelled, SegmentationError
-from NUDFCore.io import make_polydata, polydata_points, polydata_triangles
+from NUDFCore.io import make_polydata, point_array, polydata_points, polydata_triangles
 
 
 # ------------------------------------------------------------------------------------------- shapes
@@ -158,7 +158,7 @@ def test_exact_udf_gives_one_open_sheet_within_5_percent_of_spacing(name, h):
     rim_length = {"cap": 2 * np.pi * 8, "disk": 2 * np.pi * 7, "zone": 2 * np.pi * 9 * (np.sin(0.35) + np.sin(1.1))}
     area = meshtools.mesh_area(res.mesh)
     assert exact_area[name] - 0.5 * h * rim_length[name] < area < 1.005 * exact_area[name]
-    u = meshing._point_array(res.mesh, meshing.DISTANCE_ARRAY)
+    u = point_array(res.mesh, meshing.DISTANCE_ARRAY)
     assert u is not None and u.mean() < 0.02 * h
 
 
@@ -401,7 +401,7 @@ def test_keep_point_selects_the_component_near_the_seed():
         assert np.abs(pts[:, 2] - disk.c[2]).max() < 0.25  # the other disk is 8 mm away
         direct = meshing.keep_component_near(both.mesh, seed)
         assert direct.GetNumberOfCells() == pytest.approx(res.mesh.GetNumberOfCells(), rel=0.02)
-        assert meshing._point_array(direct, meshing.DISTANCE_ARRAY) is not None  # point data carried over
+        assert point_array(direct, meshing.DISTANCE_ARRAY) is not None  # point data carried over
 
 
 def test_a_speck_nearer_the_seed_does_not_beat_the_sheet():
@@ -474,12 +474,12 @@ def test_projection_lands_on_the_floor_of_a_blurred_field_and_records_it():
     inner = (p0 - shape.c)[:, 2] > 2 * h  # away from the rim, where a blurred field cannot say where it ends
     before, after = shape.udf(p0[inner]), shape.udf(p1[inner])
     assert after.mean() < 0.25 * before.mean() and after.mean() < 0.01 * h, (before.mean(), after.mean())
-    d0 = meshing._point_array(raw.mesh, meshing.DISTANCE_ARRAY)
-    d1 = meshing._point_array(moved.mesh, meshing.DISTANCE_ARRAY)
+    d0 = point_array(raw.mesh, meshing.DISTANCE_ARRAY)
+    d1 = point_array(moved.mesh, meshing.DISTANCE_ARRAY)
     assert np.all(d1 <= d0 + 1e-12)  # a move is kept only where u does not grow
     assert np.allclose(d1, blurred(polydata_points(moved.mesh)))  # the array is the field at the vertex
     assert np.median(d1) == pytest.approx(b, abs=0.01)
-    slope = meshing._point_array(moved.mesh, meshing.SLOPE_ARRAY)
+    slope = point_array(moved.mesh, meshing.SLOPE_ARRAY)
     assert np.median(slope) == pytest.approx(1.0, abs=0.05)  # the fitted |grad u| of a unit-slope valley
     assert meshtools.back_to_back_face_pairs(moved.mesh) == 0
 
@@ -530,7 +530,7 @@ def test_fill_small_holes_closes_a_punched_hole_with_matching_winding():
     ft = polydata_triangles(filled)
     directed = np.concatenate([ft[:, [0, 1]], ft[:, [1, 2]], ft[:, [2, 0]]])
     assert np.unique(directed, axis=0).shape[0] == len(directed)  # consistent winding
-    assert np.array_equal(meshing._point_array(filled, meshing.DISTANCE_ARRAY), np.arange(len(pts)))
+    assert np.array_equal(point_array(filled, meshing.DISTANCE_ARRAY), np.arange(len(pts)))
     # the rim (the largest loop) is never filled, however large the allowance
     assert len(meshtools.boundary_loops(meshing.fill_small_holes(holed, 100.0)[0])) == 1
 
