@@ -38,6 +38,26 @@ def require_slicer_core():
     return slicer
 
 
+def save_and_reload(scene, folder: Path, files: dict):
+    """Save ``scene`` as Slicer's Save dialog does — each node of ``files`` (node -> file name) written into
+    ``folder`` by its storage node (a default one where it has none), then the .mrml — and import it into a
+    new scene, which is returned."""
+    from NUDFSegmentationLib.SelfTest import makeScene
+
+    scene.SetRootDirectory(str(folder))
+    for node, name in files.items():
+        if node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+        node.GetStorageNode().SetFileName(str(Path(folder) / name))
+        assert node.GetStorageNode().WriteData(node), node.GetName()
+    scene.SetURL(str(Path(folder) / "scene.mrml"))
+    assert scene.Commit()
+    reloaded = makeScene()
+    reloaded.SetURL(str(Path(folder) / "scene.mrml"))
+    assert reloaded.Import()
+    return reloaded
+
+
 #: Runs ``python -m NUDFCore <args>`` with editable installs disabled, then writes a JSON record of the
 #: run's modules to $NUDF_MODULE_RECORD: NUDFCore's file, its submodules, the top-level modules loaded
 #: by the run (minus those present at start-up), and those already loaded by importing the modules named in

@@ -18,13 +18,13 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-from slicer_test_support import require_slicer_core
+from slicer_test_support import require_slicer_core, save_and_reload
 
 slicer = require_slicer_core()  # the MRML tier must not vanish: no slicer-core is an error, not a skip
 
 from NUDFCore.errors import InputError, MeshIOError, OutputExistsError, SegmentationError  # noqa: E402
 from NUDFCore.frames import lps_to_ras  # noqa: E402
-from NUDFCore.io import make_polydata, polydata_points, read_volume  # noqa: E402
+from NUDFCore.io import polydata_points, read_volume  # noqa: E402
 from NUDFSegmentationLib import (  # noqa: E402
     BackgroundSegmentation,
     NUDFParameters,
@@ -321,16 +321,9 @@ def test_loaded_vtp_keeps_its_arrays_and_colouring_survives_scene_save_and_reloa
     _assert_coloured_by_confidence(node)
     setQualityReport(node, {"warnings": [INCOMPLETE], "warning_codes": ["holes"], "mean_confidence": 0.52})
 
-    scene.SetRootDirectory(str(tmp_path))
-    for n, ext in ((node, ".vtp"), (confidenceColorNode(scene), ".txt")):  # as Slicer's Save dialog does
-        n.AddDefaultStorageNode()
-        n.GetStorageNode().SetFileName(str(tmp_path / f"saved_{n.GetID()}{ext}"))
-        assert n.GetStorageNode().WriteData(n)
-    scene.SetURL(str(tmp_path / "scene.mrml"))
-    assert scene.Commit()
-    reloaded = makeScene()
-    reloaded.SetURL(str(tmp_path / "scene.mrml"))
-    assert reloaded.Import()
+    colors = confidenceColorNode(scene)
+    reloaded = save_and_reload(scene, tmp_path, {node: f"saved_{node.GetID()}.vtp",
+                                                  colors: f"saved_{colors.GetID()}.txt"})
     again = reloaded.GetFirstNodeByName("LAA")
     np.testing.assert_allclose(_point_array(again, "confidence"), _point_array(node, "confidence"))
     _assert_coloured_by_confidence(again)
@@ -435,22 +428,10 @@ def test_parameter_node_survives_scene_save_and_reload(scene, ct_file, tmp_path)
     # a singleton: asking again gives the same node
     assert NUDFParameters.getParameterNode(scene).node is params.node
 
-    scene.SetRootDirectory(str(tmp_path))
-    for n in (volume, model):  # write node data next to the scene, as Slicer's Save dialog does
-        n.AddDefaultStorageNode()
-        sn = n.GetStorageNode()
-        sn.SetFileName(str(tmp_path / (n.GetName() + (".nrrd" if n is volume else ".vtp"))))
-        assert sn.WriteData(n)
     seedStorage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
     seed.SetAndObserveStorageNodeID(seedStorage.GetID())
-    seedStorage.SetFileName(str(tmp_path / "seed.mrk.json"))
-    assert seedStorage.WriteData(seed)
-    scene.SetURL(str(tmp_path / "scene.mrml"))
-    assert scene.Commit()
-
-    reloaded = makeScene()
-    reloaded.SetURL(str(tmp_path / "scene.mrml"))
-    assert reloaded.Import()
+    reloaded = save_and_reload(scene, tmp_path, {volume: volume.GetName() + ".nrrd",
+                                                  model: model.GetName() + ".vtp", seed: "seed.mrk.json"})
     p2 = NUDFParameters.getParameterNode(reloaded, create=False)
     assert p2 is not None
     assert p2.get("device") == "cpu" and p2.get("resolutionMm") == 0.5 and p2.get("smoothing") == 0.3

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from laa_shapes import cone_frustum, place, random_motion
-from slicer_test_support import require_slicer_core
+from slicer_test_support import require_slicer_core, save_and_reload
 
 slicer = require_slicer_core()  # the MRML tier must not vanish: no slicer-core is an error, not a skip
 
@@ -177,20 +177,12 @@ def test_measurements_survive_scene_save_and_reload(setup, tmp_path):
     logic.observeOstiumPlane(model)
     logic.planeNode(model).SetOriginWorld(*lps_to_ras(shift + 4.0 * axis))
     saved = _table(logic.tableNode(model))
-    scene.SetRootDirectory(str(tmp_path))
     nodes = [model, logic.tableNode(model), logic.planeNode(model), logic.ostiumCurveNode(model),
              logic.centerlineNode(model)] + logic.landingZoneNodes(model)
-    for i, node in enumerate(nodes):  # write each node's data beside the scene, as Slicer's Save dialog does
+    for node in nodes:
         node.AddDefaultStorageNode()
-        storage = node.GetStorageNode()
-        storage.SetFileName(str(tmp_path / f"node{i}.{storage.GetDefaultWriteFileExtension()}"))
-        assert storage.WriteData(node), node.GetName()
-    scene.SetURL(str(tmp_path / "scene.mrml"))
-    assert scene.Commit()
-
-    reloaded = makeScene()
-    reloaded.SetURL(str(tmp_path / "scene.mrml"))
-    assert reloaded.Import()
+    reloaded = save_and_reload(scene, tmp_path, {node: f"node{i}.{node.GetStorageNode().GetDefaultWriteFileExtension()}"
+                                                 for i, node in enumerate(nodes)})
     model2 = reloaded.GetFirstNodeByName("CT LAA")
     logic2 = MeasurementLogic(reloaded)
     rows = _table(logic2.tableNode(model2))
