@@ -117,18 +117,6 @@ def fit_ostium(points: np.ndarray, triangles: np.ndarray, where: str = "the mesh
     return centre, normal / np.linalg.norm(normal)
 
 
-def _capped(points: np.ndarray, triangles: np.ndarray, centre: np.ndarray) -> vtk.vtkPolyData:
-    """The mesh closed by fanning its boundary loops from ``centre`` (for inside/outside tests)."""
-    from .meshtools import boundary_loops
-
-    mesh = make_polydata(points, triangles)
-    loops = boundary_loops(mesh)
-    pts = np.vstack([points, [centre]])
-    c = len(points)
-    fans = [np.stack([np.full(len(lp), c), lp, np.roll(lp, -1)], axis=1) for lp in loops]
-    return make_polydata(pts, np.vstack([triangles] + fans) if fans else triangles)
-
-
 def estimate_seed(points: np.ndarray, triangles: np.ndarray, ostium_center: np.ndarray, ostium_normal: np.ndarray,
                   where: str = "the mesh") -> np.ndarray:
     """A lumen point of an open LAA mesh: inside the capped surface, farthest from the wall and the ostium.
@@ -136,9 +124,9 @@ def estimate_seed(points: np.ndarray, triangles: np.ndarray, ostium_center: np.n
     Candidates are points on the ostium axis, between the ostium and the mesh centroid, and vertices moved
     inwards along their normals; robust to bent (chicken-wing) shapes whose centroid lies outside.
     """
-    from .meshtools import unsigned_distance
-
     from vtk.util import numpy_support
+
+    from .meshtools import capped, inside_closed, unsigned_distance
 
     n = ostium_normal / np.linalg.norm(ostium_normal)
     depth = max(float(((points - ostium_center) @ n).max()), 1.0)
@@ -162,21 +150,12 @@ def estimate_seed(points: np.ndarray, triangles: np.ndarray, ostium_center: np.n
     cand = cand[(cand - ostium_center) @ n > 0.5]
     if len(cand) == 0:
         raise InputError(f"Cannot find a lumen point in {where}.")
-    closed = _capped(points, triangles, ostium_center)
-    enc = vtk.vtkSelectEnclosedPoints()
-    pts_vtk = vtk.vtkPoints()
-    pts_vtk.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(cand), deep=True))
-    probe = vtk.vtkPolyData()
-    probe.SetPoints(pts_vtk)
-    enc.SetInputData(probe)
-    enc.SetSurfaceData(closed)
-    enc.SetTolerance(1e-6)
-    enc.Update()
-    inside = np.array([enc.IsInside(i) for i in range(len(cand))], bool)
+    mesh = make_polydata(points, triangles)
+    inside = inside_closed(capped(mesh, apex=ostium_center), cand)
     if not inside.any():
         raise InputError(f"Cannot find a lumen point in {where}: is it a closed-but-for-the-ostium LAA surface?")
     cand = cand[inside]
-    score = np.minimum(unsigned_distance(make_polydata(points, triangles), cand), (cand - ostium_center) @ n)
+    score = np.minimum(unsigned_distance(mesh, cand), (cand - ostium_center) @ n)
     return cand[int(np.argmax(score))]
 
 

@@ -249,6 +249,45 @@ def capped_signed_volume(points: np.ndarray, triangles: np.ndarray, loops: list[
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
+def capped(mesh: vtk.vtkPolyData, loops: list[np.ndarray] | None = None,
+           apex: np.ndarray | None = None) -> vtk.vtkPolyData:
+    """The surface with each boundary loop fanned shut (for inside/outside tests; winding is not fixed).
+
+    Each fan's apex is its loop's centroid, or the one point ``apex`` for every loop (an open LAA's ostium
+    centre, when it is known better than the rim's centroid).
+    """
+    pts = polydata_points(mesh)
+    tris = [polydata_triangles(mesh)]
+    loops = boundary_loops(mesh) if loops is None else loops
+    extra = []
+    for lp in loops:
+        if len(lp) < 3:
+            continue
+        if apex is None or not extra:
+            extra.append(pts[lp].mean(axis=0) if apex is None else np.asarray(apex, float).reshape(3))
+        apex_id = len(pts) + len(extra) - 1
+        tris.append(np.stack([np.full(len(lp), apex_id), lp, np.roll(lp, -1)], axis=1))
+    return make_polydata(np.vstack([pts] + ([np.array(extra)] if extra else [])), np.vstack(tris))
+
+
+def inside_closed(closed: vtk.vtkPolyData, points: np.ndarray) -> np.ndarray:
+    """Which ``points`` lie inside the closed surface ``closed`` (vtkSelectEnclosedPoints; bool per point)."""
+    pts = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 3))
+    if len(pts) == 0:
+        return np.zeros(0, bool)
+    vp = vtk.vtkPoints()
+    vp.SetData(numpy_support.numpy_to_vtk(pts, deep=True))
+    probe = vtk.vtkPolyData()
+    probe.SetPoints(vp)
+    enc = vtk.vtkSelectEnclosedPoints()
+    enc.SetInputData(probe)
+    enc.SetSurfaceData(closed)
+    enc.CheckSurfaceOff()  # a fanned cap may leave small non-manifold spots; the ray test still answers
+    enc.SetTolerance(1e-6)
+    enc.Update()
+    return numpy_support.vtk_to_numpy(enc.GetOutput().GetPointData().GetArray("SelectedPoints")).astype(bool)
+
+
 def loop_length(points: np.ndarray, loop: np.ndarray) -> float:
     """Perimeter of a closed loop of point ids (mm)."""
     p = points[loop]

@@ -30,6 +30,10 @@ Definitions (``d_pg``: distances of the samples on the prediction to the GT surf
   ``completeness_<d>mm``, the share of the GT area within d mm of the prediction (was all of it found?).
   A prediction that is right where it exists but misses half of the LAA scores ~100 % / ~50 %, which the
   mean distance hides.
+- ``signed_offset_mm``: the median signed distance of the predicted samples within 3 mm of the GT,
+  negative where they lie inside the GT surface closed over its boundary loops (for an LAA: inside the
+  cavity). A mean distance cannot tell a surface that runs 1 mm inside the wall everywhere from one that is
+  noisy about the wall; this can (0 = no systematic offset). NaN when no predicted sample is that close.
 
 With ``spacing_mm`` (a voxel spacing, scalar) the main distances are also given in voxel units (``*_vox``).
 """
@@ -50,9 +54,11 @@ from .errors import InputError, OutputExistsError
 from .io import make_polydata, polydata_points, polydata_triangles
 from .meshtools import (
     boundary_loops,
+    capped,
     cell_locator,
     closest_points,
     face_normals,
+    inside_closed,
     loop_length,
     sample_surface,
     triangle_areas,
@@ -100,6 +106,7 @@ class SurfaceMetrics:
     false_area_threshold_mm: float
     false_area_fraction: float
     false_area_mm2: float
+    signed_offset_mm: float
     spacing_mm: float | None = None
     msd_vox: float | None = None
     rms_vox: float | None = None
@@ -148,6 +155,7 @@ _OPTIONAL_FIELDS = {"spacing_mm", "msd_vox", "rms_vox", "hd95_vox", "hausdorff_v
                     "boundary_mean_vox"}
 # Fields added after the first release: records written before them read back with NaN.
 _LATER_FIELDS = {f"{kind}_{d:g}mm" for kind in ("precision", "completeness") for d in COVERAGE_RADII_MM}
+_LATER_FIELDS.add("signed_offset_mm")
 
 
 def _json_value(v):
@@ -368,6 +376,7 @@ def surface_metrics(
         false_area_threshold_mm=float(false_area_threshold_mm),
         false_area_fraction=false_frac,
         false_area_mm2=false_frac * pred_area,
+        signed_offset_mm=signed_offset(gt, sp, d_pg, false_area_threshold_mm),
     )
     if spacing_mm is not None:
         s = float(np.mean(np.asarray(spacing_mm, dtype=np.float64)))
@@ -381,6 +390,21 @@ def surface_metrics(
         out.chamfer_vox = out.chamfer_mm / s
         out.boundary_mean_vox = out.boundary_mean_mm / s
     return out
+
+
+def signed_offset(gt: vtk.vtkPolyData, samples: np.ndarray, distances: np.ndarray, within_mm: float,
+                  max_points: int = 5000) -> float:
+    """Median signed distance of the ``samples`` (on the prediction) within ``within_mm`` of ``gt``.
+
+    Negative inside ``gt`` closed over its boundary loops. At most ``max_points`` evenly chosen samples are
+    tested (the median settles long before that).
+    """
+    idx = np.flatnonzero(distances <= within_mm)
+    if len(idx) == 0:
+        return float("nan")
+    idx = idx[np.linspace(0, len(idx) - 1, min(len(idx), max_points)).astype(int)]
+    inside = inside_closed(capped(gt), samples[idx])
+    return float(np.median(np.where(inside, -distances[idx], distances[idx])))
 
 
 def coverage_percentages(d_pg: np.ndarray, d_gp: np.ndarray) -> dict[str, float]:
@@ -412,6 +436,7 @@ SUMMARY_ROWS: list[tuple[str, str, str]] = [
     ("ostium rim distance max", "boundary_max_mm", "mm"),
     ("false area fraction (> threshold from GT)", "false_area_fraction", ""),
     ("false area (> threshold from GT)", "false_area_mm2", "mm2"),
+    ("signed offset (median; < 0: inside the GT)", "signed_offset_mm", "mm"),
 ]
 
 

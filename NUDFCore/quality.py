@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import vtk
 
-from .io import Volume, make_polydata, point_array, polydata_points, polydata_triangles, set_point_array
+from .io import Volume, point_array, polydata_points, polydata_triangles, set_point_array
 from .meshing import DISTANCE_ARRAY, SLOPE_ARRAY
 from . import meshtools
 
@@ -189,35 +189,12 @@ def capped_volume_ml(mesh: vtk.vtkPolyData, loops: list[np.ndarray] | None = Non
     return abs(meshtools.capped_signed_volume(polydata_points(mesh), tris, loops)) / 1000.0
 
 
-def _closed_copy(mesh: vtk.vtkPolyData, loops: list[np.ndarray]) -> vtk.vtkPolyData:
-    """The surface with each boundary loop fanned shut around its centroid (for inside/outside tests)."""
-    pts = polydata_points(mesh)
-    tris = [polydata_triangles(mesh)]
-    extra = []
-    for lp in loops:
-        if len(lp) < 3:
-            continue
-        apex_id = len(pts) + len(extra)
-        extra.append(pts[lp].mean(axis=0))
-        tris.append(np.stack([np.full(len(lp), apex_id), lp, np.roll(lp, -1)], axis=1))
-    return make_polydata(np.vstack([pts] + ([np.array(extra)] if extra else [])), np.vstack(tris))
-
-
 def seed_outside_mm(mesh: vtk.vtkPolyData, seed_lps: Sequence[float], loops: list[np.ndarray]) -> float:
     """0 when the seed lies inside the capped surface, else its distance to the surface (mm)."""
-    closed = _closed_copy(mesh, loops)
-    pts = vtk.vtkPoints()
-    pts.InsertNextPoint(*[float(v) for v in np.asarray(seed_lps, float).reshape(3)])
-    probe = vtk.vtkPolyData()
-    probe.SetPoints(pts)
-    sel = vtk.vtkSelectEnclosedPoints()
-    sel.SetInputData(probe)
-    sel.SetSurfaceData(closed)
-    sel.CheckSurfaceOff()
-    sel.Update()
-    if sel.IsInside(0):
+    seed = np.asarray(seed_lps, float).reshape(1, 3)
+    if meshtools.inside_closed(meshtools.capped(mesh, loops), seed)[0]:
         return 0.0
-    return float(meshtools.point_to_mesh_distance(mesh, np.asarray(seed_lps, float).reshape(1, 3))[0][0])
+    return float(meshtools.point_to_mesh_distance(mesh, seed)[0][0])
 
 
 def _loop_disk_diameter(loop_pts: np.ndarray) -> float:

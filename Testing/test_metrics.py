@@ -11,6 +11,7 @@ import vtk
 
 from NUDFCore.cli import main
 from NUDFCore.errors import InputError, OutputExistsError
+from NUDFCore.meshtools import clip_by_plane
 from NUDFCore.io import make_polydata, polydata_points, polydata_triangles, write_mesh
 from NUDFCore.metrics import (
     SurfaceMetrics,
@@ -84,6 +85,24 @@ def test_sphere_vs_scaled_sphere():
     assert m.pred_boundary_loops == 0 and m.gt_boundary_loops == 0
     assert math.isnan(m.boundary_mean_mm) and math.isnan(m.boundary_max_mm)
     assert m.false_area_fraction == 0.0 and m.completeness_within_2mm == 1.0
+
+
+@pytest.mark.parametrize("delta", [-0.8, 0.5])
+def test_signed_offset_tells_inside_from_outside_of_an_open_cup(delta):
+    # GT: an open cup (a sphere cut below z = -3, one boundary loop); prediction: the same cup with the
+    # radius changed by delta. Inside the capped cup is negative, so the offset is delta itself, while the
+    # mean surface distance is |delta| either way.
+    r = 10.0
+
+    def cup(radius):
+        return clip_by_plane(sphere(radius), np.array([0.0, 0.0, -3.0]), np.array([0.0, 0.0, 1.0]))
+
+    m = surface_metrics(cup(r + delta), cup(r), n_samples=N, seed=2)
+    assert m.gt_boundary_loops == 1
+    assert m.signed_offset_mm == pytest.approx(delta, abs=0.02)
+    assert m.msd_mm == pytest.approx(abs(delta), abs=0.05)
+    far = surface_metrics(sphere(r, center=(40.0, 0.0, 0.0)), cup(r), n_samples=2000, seed=2)
+    assert math.isnan(far.signed_offset_mm)  # nothing predicted within 3 mm of the GT
 
 
 def test_identical_meshes_give_zero_and_are_seed_reproducible():

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import vtk
 from scipy import ndimage
-from vtk.util import numpy_support
 
 from NUDFCore import io, meshtools, phantom
 from NUDFCore.errors import InputError, OutputExistsError
@@ -49,19 +48,7 @@ def _vertex_normals(mesh: vtk.vtkPolyData) -> np.ndarray:
 
 
 def _inside_capped(mesh: vtk.vtkPolyData, centre: np.ndarray, points: np.ndarray) -> np.ndarray:
-    pts, tris = io.polydata_points(mesh), io.polydata_triangles(mesh)
-    loop = meshtools.boundary_loops(mesh)[0]
-    fan = np.stack([np.full(len(loop), len(pts)), loop, np.roll(loop, -1)], axis=1)
-    closed = io.make_polydata(np.vstack([pts, centre]), np.vstack([tris, fan]))
-    probe = vtk.vtkPolyData()
-    vp = vtk.vtkPoints()
-    vp.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points, float), deep=True))
-    probe.SetPoints(vp)
-    enc = vtk.vtkSelectEnclosedPoints()
-    enc.SetInputData(probe)
-    enc.SetSurfaceData(closed)
-    enc.Update()
-    return np.array([enc.IsInside(i) for i in range(len(points))], bool)
+    return meshtools.inside_closed(meshtools.capped(mesh, apex=centre), points)
 
 
 def test_same_seed_same_case_and_different_seeds_differ(case):

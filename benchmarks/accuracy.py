@@ -40,7 +40,7 @@ def metric_row(case, mesh, spacing: float, wall_s: float) -> dict:
             "msd": m.msd_mm, "hd95": m.hd95_mm, "chamfer": m.chamfer_mm, "rim": m.boundary_mean_mm,
             "false_area": m.false_area_fraction, "completeness2": m.completeness_within_2mm,
             "precision3_pct": m.precision_3mm, "completeness3_pct": m.completeness_3mm,
-            "boundary_loops": m.pred_boundary_loops, "wall_s": wall_s}
+            "boundary_loops": m.pred_boundary_loops, "offset": m.signed_offset_mm, "wall_s": wall_s}
 
 
 def evaluate_cases(case_dirs, model, resolution, device) -> list[dict]:

@@ -8,7 +8,10 @@ label map) given as ``NAME=DIR``; every method is scored on every set with the s
   ground-truth surface within 2 mm and 3 mm of the prediction): the generalisation failures seen so far are
   partial surfaces (the LAA cut too early) and surfaces running on over the atrial wall, which a mean distance
   hides and these two figures show;
-- false area (% of the predicted area farther than 3 mm from the ground truth) and failed cases.
+- false area (% of the predicted area farther than 3 mm from the ground truth) and failed cases;
+- **offset**: each case's median signed distance of the predicted surface to the ground truth (negative = inside
+  the LAA cavity), averaged over the set, and the mean of its size (``|offset|``): how much of the MSD is a
+  surface shifted as a whole rather than noise about the right place.
 
 Methods: NUDF checkpoints (``--model NAME=CKPT``, repeatable; default: the bundled model) and, optionally, the
 3D U-Net baseline (``--unet CKPT`` from ``benchmarks/unet_baseline.py``; its surface is clipped at each case's
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -36,7 +40,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # accuracy.py and unet_baseline.py beside this file
 
 COLUMNS = ("cases", "MSD mm", "MSD vox", "HD95 mm", "HD95 vox", "precision 3 mm %", "completeness 2 mm %",
-           "completeness 3 mm %", "false area %", "failed")
+           "completeness 3 mm %", "false area %", "offset mm", "|offset| mm", "failed")
 
 
 def score_nudf(case_dirs: list[Path], model: str | None, resolution: float, device: str) -> list[dict]:
@@ -66,7 +70,15 @@ def summary(rows: list[dict]) -> list[str]:
     vox = lambda k: statistics.mean(r[k] / r["spacing"] for r in ok)  # noqa: E731
     return [str(len(rows)), f"{mean('msd'):.3f}", f"{vox('msd'):.2f}", f"{mean('hd95'):.2f}", f"{vox('hd95'):.2f}",
             f"{mean('precision3_pct'):.1f}", f"{100 * mean('completeness2'):.1f}", f"{mean('completeness3_pct'):.1f}",
-            f"{100 * mean('false_area'):.1f}", str(failed)]
+            f"{100 * mean('false_area'):.1f}", _offsets(ok), _offsets(ok, absolute=True), str(failed)]
+
+
+def _offsets(rows: list[dict], absolute: bool = False) -> str:
+    """Mean over cases of each case's median signed offset (< 0: inside the GT cavity), or of its size."""
+    vals = [r["offset"] for r in rows if not math.isnan(r.get("offset", math.nan))]
+    if not vals:
+        return "—"
+    return f"{statistics.mean(abs(v) for v in vals):.2f}" if absolute else f"{statistics.mean(vals):+.2f}"
 
 
 def main(argv=None) -> int:

@@ -141,11 +141,11 @@ def main(argv=None) -> int:
           f"loop, ostium {case.meta['laa']['ostium_diameter_mm']:.1f} mm; prediction {m.pred_area_mm2:.0f} mm2, "
           f"{m.pred_boundary_loops} boundary loop(s); picture {png}\n")
     print("| date | model (sha256) | MSD mm | HD95 mm | precision 2 / 3 mm % | completeness 2 / 3 mm % | "
-          "area pred/GT | rim mm | s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "area pred/GT | rim mm | offset mm | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {record['date']} | {record['model_file']} ({record['model_sha256']}) | {m.msd_mm:.2f} | {m.hd95_mm:.2f} | "
           f"{m.precision_2mm:.0f} / {m.precision_3mm:.0f} | {m.completeness_2mm:.0f} / {m.completeness_3mm:.0f} | "
-          f"{ratio:.2f} | {m.boundary_mean_mm:.1f} | {wall:.0f} |")
+          f"{ratio:.2f} | {m.boundary_mean_mm:.1f} | {m.signed_offset_mm:+.2f} | {wall:.0f} |")
     return 0
 
 
