@@ -574,6 +574,8 @@ def segment(
             **{k: v for k, v in assessment.metrics.items() if k not in ("area_mm2", "boundary_loops")},
             "warnings": [str(w) for w in assessment.warnings],
             "warning_codes": [w.code for w in assessment.warnings],
+            "warning_locations_lps": [None if w.location_lps is None else [float(v) for v in w.location_lps]
+                                      for w in assessment.warnings],
             "n_queries": int(n_queries + n_scored),
             "n_grad_queries": int(n_grad),
             "n_dense_queries": int(n_dense),

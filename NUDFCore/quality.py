@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import vtk
 
+from .frames import check_frame, from_lps
 from .io import Volume, point_array, polydata_points, polydata_triangles, set_point_array
 from .meshing import DISTANCE_ARRAY, SLOPE_ARRAY
 from . import meshtools
@@ -73,6 +74,23 @@ class QualityWarning:
 
     def __str__(self) -> str:
         return self.message
+
+    def in_frame(self, frame: str = "LPS") -> str:
+        """The message with its location in ``frame`` ('LPS' as written, or 'RAS' for Slicer's views)."""
+        return message_in_frame(self.message, self.location_lps, frame)
+
+
+def message_in_frame(message: str, location_lps, frame: str = "LPS") -> str:
+    """``message`` with the point it names (``LPS [x, y, z]``, :func:`_where`) rewritten in ``frame``.
+
+    Warnings are written in LPS, the engine's frame; Slicer shows RAS, so its module rewrites them here rather
+    than teach the checks two frames.
+    """
+    frame = check_frame(frame)
+    if location_lps is None or frame == "lps":
+        return message
+    p = np.asarray(location_lps, float).reshape(3)
+    return message.replace(_where(p), f"{frame.upper()} {_fmt(from_lps(p, frame))}")
 
 
 # ------------------------------------------------------------------------------------------- confidence
@@ -136,6 +154,11 @@ def carry_slope(before: vtk.vtkPolyData, after: vtk.vtkPolyData) -> None:
 # ------------------------------------------------------------------------------------------- geometry
 def _fmt(p: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.1f}" for v in np.asarray(p, float).ravel()) + "]"
+
+
+def _where(p_lps: np.ndarray) -> str:
+    """How a warning names a point: ``LPS [x, y, z]`` (see :func:`message_in_frame`)."""
+    return f"LPS {_fmt(p_lps)}"
 
 
 @dataclass
@@ -291,11 +314,11 @@ def assess_surface(mesh_lps: vtk.vtkPolyData, ct: Volume | None = None, seed_lps
         if not lo <= rim.diameter_mm <= hi:
             warn.append(QualityWarning(
                 "rim_size", not_laa + f"its opening is {rim.diameter_mm:.0f} mm across (an LAA ostium is "
-                f"{lo:.0f}–{hi:.0f} mm), near LPS {_fmt(rim.center_lps)}.", tuple(rim.center_lps)))
+                f"{lo:.0f}–{hi:.0f} mm), near {_where(rim.center_lps)}.", tuple(rim.center_lps)))
         if rim.planarity_rms_mm > OSTIUM_PLANARITY * rim.diameter_mm:
             warn.append(QualityWarning(
                 "rim_not_planar", not_laa + f"its opening is not a roughly planar ring (it strays "
-                f"{rim.planarity_rms_mm:.1f} mm RMS from a plane), near LPS {_fmt(rim.center_lps)}.",
+                f"{rim.planarity_rms_mm:.1f} mm RMS from a plane), near {_where(rim.center_lps)}.",
                 tuple(rim.center_lps)))
     holes = []
     for lp in loops[1:] if rim is not None else []:
@@ -307,7 +330,7 @@ def assess_surface(mesh_lps: vtk.vtkPolyData, ct: Volume | None = None, seed_lps
         d, where = max(holes, key=lambda t: t[0])
         more = f" and {len(holes) - 1} more" if len(holes) > 1 else ""
         warn.append(QualityWarning(
-            "holes", f"the surface may be incomplete near LPS {_fmt(where)}: it has a hole about {d:.0f} mm "
+            "holes", f"the surface may be incomplete near {_where(where)}: it has a hole about {d:.0f} mm "
             f"across{more} besides the ostium.", tuple(where)))
     if not AREA_MM2[0] <= area <= AREA_MM2[1]:
         warn.append(QualityWarning("area", not_laa + f"its area is {area / 100:.1f} cm² (an LAA: "
@@ -330,7 +353,7 @@ def assess_surface(mesh_lps: vtk.vtkPolyData, ct: Volume | None = None, seed_lps
             m["rim_opens_fraction"] = opens
             if opens < OPENS_INTO_ATRIUM:
                 warn.append(QualityWarning(
-                    "rim_not_ostium", f"the surface may be incomplete near its opening at LPS {_fmt(rim.center_lps)}: "
+                    "rim_not_ostium", f"the surface may be incomplete near its opening at {_where(rim.center_lps)}: "
                     "the lumen beyond it does not widen into the atrium (the appendage may continue past where "
                     "the surface ends).", tuple(rim.center_lps)))
     conf = point_array(mesh_lps, CONFIDENCE_ARRAY)
@@ -343,6 +366,6 @@ def assess_surface(mesh_lps: vtk.vtkPolyData, ct: Volume | None = None, seed_lps
         if share > LOW_CONFIDENCE_AREA:
             where = (pts[tris[low_face]].mean(axis=1) * fa[low_face, None]).sum(axis=0) / fa[low_face].sum()
             warn.append(QualityWarning(
-                "low_confidence", f"the surface may be incomplete near LPS {_fmt(where)}: the network is unsure "
+                "low_confidence", f"the surface may be incomplete near {_where(where)}: the network is unsure "
                 f"of {100 * share:.0f} % of it (confidence below {LOW_CONFIDENCE:g}).", tuple(where)))
     return out

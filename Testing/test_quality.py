@@ -76,6 +76,13 @@ def test_tip_cut_off_and_a_punched_hole_are_reported(gt, ct, phantom_case):
     assert _codes(a) == {"holes"}, [str(w) for w in a.warnings]
     assert "may be incomplete near LPS [" in str(a.warnings[0])
     assert np.linalg.norm(np.asarray(a.warnings[0].location_lps) - mid) < 3.0
+    # Slicer shows RAS: the same warning names the same point there, x and y negated
+    w = a.warnings[0]
+    x, y, z = w.location_lps
+    ras = w.in_frame("RAS")
+    assert f"near RAS [{-x:.1f}, {-y:.1f}, {z:.1f}]" in ras and "LPS" not in ras
+    assert ras.replace(f"RAS [{-x:.1f}, {-y:.1f}, {z:.1f}]", f"LPS [{x:.1f}, {y:.1f}, {z:.1f}]") == w.message
+    assert w.in_frame("LPS") == w.message
 
 
 def test_shapes_that_are_no_appendage_are_called_so():

@@ -36,6 +36,8 @@ from NUDFSegmentationLib.SegmentationLogic import (  # noqa: E402
     getProvenance,
     getQualityWarnings,
     isShowingConfidence,
+    setQualityReport,
+    warningsInRAS,
     withWarnings,
 )
 from NUDFSegmentationLib.SelfTest import addSeedNode, loadVolumeNode, makeScene  # noqa: E402
@@ -145,8 +147,24 @@ def test_model_node_carries_the_engine_confidence_and_is_coloured_by_it(segmente
     np.testing.assert_array_equal(confidence, numpy_support.vtk_to_numpy(engine.GetArray("confidence")))
     np.testing.assert_array_equal(distance, numpy_support.vtk_to_numpy(engine.GetArray("distance_mm")))
     assert 0.0 <= result.quality["mean_confidence"] <= 1.0
-    # the result's warnings (whatever this phantom gives) are kept with the model for the status line
-    assert getQualityWarnings(model) == result.warnings
+    # the result's warnings (whatever this phantom gives) are kept with the model for the status line, the
+    # points they name in RAS as Slicer shows them
+    assert getQualityWarnings(model) == warningsInRAS(result.quality)
+    assert "LPS [" not in " ".join(getQualityWarnings(model))
+
+
+def test_warnings_on_the_model_name_their_points_in_ras():
+    scene = makeScene()
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode")
+    located = "the surface may be incomplete near LPS [10.0, -20.5, 30.0]: it has a hole about 6 mm across."
+    plain = "this does not look like a left atrial appendage: its area is 1.0 cm²."
+    setQualityReport(model, {"warnings": [located, plain], "warning_codes": ["holes", "area"],
+                             "warning_locations_lps": [[10.0, -20.5, 30.0], None]})
+    assert getQualityWarnings(model) == [
+        "the surface may be incomplete near RAS [-10.0, 20.5, 30.0]: it has a hole about 6 mm across.", plain]
+    # a report without locations (written by an older worker) keeps its text as it came
+    setQualityReport(model, {"warnings": [located]})
+    assert getQualityWarnings(model) == [located]
 
 
 @pytest.mark.parametrize("frame", ["lps", "ras"])
@@ -216,7 +234,7 @@ def test_background_run_reaches_the_scene_after_the_panel_and_parameters_are_gon
     # the per-vertex arrays came through the worker's VTP; its warnings through its JSON summary
     _assert_confidence_on_model(model)
     summary = workers[0].summary
-    warnings = summary["quality"]["warnings"]
+    warnings = warningsInRAS(summary["quality"])
     assert isinstance(warnings, list) and getQualityWarnings(model) == warnings
     assert controller.statusText == withWarnings(summaryText(summary), warnings)
     assert controller.statusText.startswith("Done:") and "mean confidence" in controller.statusText

@@ -26,7 +26,7 @@ from NUDFCore.frames import check_frame, ras_to_lps
 from NUDFCore.io import Volume, atomic_output, transform_polydata_frame
 from NUDFCore.meshing import DISTANCE_ARRAY
 from NUDFCore.provenance import ATTRIBUTE_PREFIX, segmentation_provenance, to_attributes
-from NUDFCore.quality import CONFIDENCE_ARRAY
+from NUDFCore.quality import CONFIDENCE_ARRAY, message_in_frame
 
 #: Appendage-like display: muted flesh red, slightly translucent so the CT shows through.
 LAA_COLOR = (0.87, 0.42, 0.38)
@@ -295,7 +295,7 @@ def setQualityReport(modelNode, quality: dict | None) -> None:
             modelNode.RemoveAttribute(name)
     if not quality:
         return
-    modelNode.SetAttribute(QUALITY_ATTRIBUTE_PREFIX + "warnings", json.dumps([str(w) for w in quality.get("warnings", [])]))
+    modelNode.SetAttribute(QUALITY_ATTRIBUTE_PREFIX + "warnings", json.dumps(warningsInRAS(quality)))
     codes = quality.get("warning_codes")
     if codes is not None:
         modelNode.SetAttribute(QUALITY_ATTRIBUTE_PREFIX + "warning_codes", json.dumps([str(c) for c in codes]))
@@ -303,6 +303,15 @@ def setQualityReport(modelNode, quality: dict | None) -> None:
         value = quality.get(key)
         if value is not None and np.isfinite(float(value)):
             modelNode.SetAttribute(QUALITY_ATTRIBUTE_PREFIX + key, json.dumps(float(value)))
+
+
+def warningsInRAS(quality: dict) -> list[str]:
+    """The result's warnings with the points they name in RAS, the frame Slicer shows (the engine writes LPS)."""
+    warnings = [str(w) for w in quality.get("warnings", [])]
+    locations = quality.get("warning_locations_lps")
+    if not isinstance(locations, list) or len(locations) != len(warnings):
+        return warnings  # a report without locations (an older worker): leave the text as written
+    return [message_in_frame(w, loc, "RAS") for w, loc in zip(warnings, locations)]
 
 
 def getQualityReport(modelNode) -> dict:
