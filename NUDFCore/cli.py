@@ -409,7 +409,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="query samples computed (and cached) per case (default: 200000)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--resume", nargs="?", const=True, default=False, type=Path, metavar="CKPT",
-                   help="continue training from OUT's .last.pt (or from CKPT); --epochs is the new total")
+                   help="continue training from OUT's .last.pt (or from CKPT); --epochs is the new total. With "
+                   "another --data (fine-tuning on more cases) the best model is chosen afresh on the new "
+                   "validation cases")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)

@@ -413,6 +413,13 @@ def train(config: TrainConfig, progress: bool = True, cases: tuple[list, list] |
         if start_epoch >= config.epochs:
             raise InputError(f"{resume_from} has already trained {start_epoch} epoch(s); pass --epochs larger "
                              f"than that to continue.")
+        previous_val = (state.get("extra") or {}).get("val_cases")
+        if previous_val is not None and sorted(previous_val) != sorted(c.name for c in val_cases):
+            # continuing on other data (fine-tuning on more cases): the old best loss was measured on other
+            # validation cases, so it says nothing about these; the best model is chosen afresh
+            best_loss = math.inf
+            if show:
+                tqdm.write("The validation cases differ from the checkpoint's: the best model is chosen afresh.")
 
     net = model
     if world > 1:

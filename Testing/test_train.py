@@ -1,4 +1,5 @@
 """Training: loss, batch composition, crop augmentation, overfitting one phantom, CLI, resume, DDP (gloo)."""
+import dataclasses
 import json
 import os
 import shutil
@@ -160,6 +161,27 @@ def test_train_resume_continues_exactly_where_it_stopped(tmp_path):
     with pytest.raises(InputError, match="already trained 2"):
         train(TrainConfig(out=tmp_path / "half.pt", epochs=2, resume=True, **kw), progress=False,
               cases=([case], [case]))
+
+
+def test_resume_on_other_validation_cases_chooses_the_best_model_afresh(tmp_path):
+    # Fine-tuning on more cases resumes a checkpoint whose best loss was measured on other validation cases:
+    # that number must not stop the new run from ever saving a best model.
+    case = _analytic_case()
+    kw = dict(data=tmp_path, preset="tiny", steps_per_epoch=2, points=300, val_points=1000, lr=1e-3)
+    out = tmp_path / "m.pt"
+    train(TrainConfig(out=out, epochs=1, **kw), progress=False, cases=([case], [case]))
+    last = last_checkpoint_path(out)
+    state = read_checkpoint(last)
+    state["train_state"]["best_loss"] = 0.0  # a best no later epoch can beat
+    torch.save(state, last)
+    same = train(TrainConfig(out=out, epochs=2, resume=True, **kw), progress=False, cases=([case], [case]))
+    assert same["best_loss"] == 0.0 and read_checkpoint(out)["extra"]["best_epoch"] == 1
+    torch.save(state, last)
+    other = dataclasses.replace(case, name="another_case")
+    moved = train(TrainConfig(out=out, epochs=2, resume=True, **kw), progress=False, cases=([case], [other]))
+    assert moved["best_loss"] == moved["history"][-1]["val_loss"] > 0.0
+    assert read_checkpoint(out)["extra"]["best_epoch"] == 2
+    assert read_checkpoint(out)["extra"]["val_cases"] == ["another_case"]
 
 
 # ------------------------------------------------------------------------------------------ DDP

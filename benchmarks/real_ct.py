@@ -93,6 +93,44 @@ def overlay_picture(ct, pred_lps, gt_lps, through_lps, png: Path, tile_px: int =
     return write_png(np.concatenate(tiles, axis=1), png, overwrite=True)
 
 
+def hu_profile(ct, surface_lps, offsets_mm: np.ndarray, n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Median HU at each signed distance along the surface's outward normals (+ = out of the capped cavity).
+
+    Says where a label's surface sits on the image's blood-to-wall edge: a surface on the blood pool's
+    half-maximum crosses the half-way level at 0; one that takes in the wall crosses it inside (< 0).
+    """
+    import vtk
+    from vtk.util import numpy_support
+
+    from NUDFCore import meshtools
+    from NUDFCore.io import polydata_points
+    from NUDFCore.quality import sample_hu
+
+    nf = vtk.vtkPolyDataNormals()
+    nf.SetInputData(surface_lps)
+    nf.ComputePointNormalsOn()
+    nf.SplittingOff()
+    nf.Update()
+    pts = polydata_points(nf.GetOutput())
+    nrm = numpy_support.vtk_to_numpy(nf.GetOutput().GetPointData().GetNormals()).astype(float)
+    pick = np.random.default_rng(seed).choice(len(pts), min(n, len(pts)), replace=False)
+    pts, nrm = pts[pick], nrm[pick]
+    inward = meshtools.inside_closed(meshtools.capped(surface_lps), pts + 1.0 * nrm)
+    nrm[inward] *= -1.0
+    return np.array([float(np.median(sample_hu(ct, pts + o * nrm))) for o in offsets_mm])
+
+
+def half_way_crossing(offsets_mm: np.ndarray, profile: np.ndarray) -> float:
+    """Where (mm) the profile first falls below the mean of its two ends (linear between samples)."""
+    level = 0.5 * (profile[0] + profile[-1])
+    below = np.flatnonzero(profile < level)
+    if len(below) == 0 or below[0] == 0:
+        return float("nan")
+    i = int(below[0])
+    t = (profile[i - 1] - level) / (profile[i - 1] - profile[i])
+    return float(offsets_mm[i - 1] + t * (offsets_mm[i] - offsets_mm[i - 1]))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, default=ROOT / "runs" / "real_ct",
@@ -136,6 +174,12 @@ def main(argv=None) -> int:
               "gt": case.meta["laa"], "metrics": m.to_dict()}
     (args.json or out / "metrics.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
 
+    offsets = np.arange(-3.0, 3.01, 0.5)
+    profile = hu_profile(ct, gt, offsets)
+    print("Median HU across the label's surface (outward normals, mm): "
+          + ", ".join(f"{o:+.1f}: {v:.0f}" for o, v in zip(offsets, profile))
+          + f"; it crosses the half-way level between its ends at {half_way_crossing(offsets, profile):+.2f} mm; the "
+          f"prediction's median signed offset is {m.signed_offset_mm:+.2f} mm (< 0: inside the label).")
     ratio = m.pred_area_mm2 / m.gt_area_mm2
     print(f"\nGT (nudf prepare): {case.meta['laa']['area_mm2']:.0f} mm2, {case.meta['laa']['boundary_loops']} boundary "
           f"loop, ostium {case.meta['laa']['ostium_diameter_mm']:.1f} mm; prediction {m.pred_area_mm2:.0f} mm2, "
