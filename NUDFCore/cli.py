@@ -412,6 +412,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="continue training from OUT's .last.pt (or from CKPT); --epochs is the new total. With "
                    "another --data (fine-tuning on more cases) the best model is chosen afresh on the new "
                    "validation cases")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL",
+                   help="start from this model's weights (e.g. the bundled NUDFCore/models/nudf_laa.pt) with a "
+                   "fresh optimiser and schedule: fine-tuning on your own data; the architecture is MODEL's "
+                   "(--preset/--crop-* are ignored)")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
@@ -428,8 +432,8 @@ def _run_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         points=args.points, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
         seed=args.seed, device=args.device, preset=args.preset, crop_n=args.crop_n, crop_mm=args.crop_mm,
-        hard_negative_fraction=args.hard_negatives, threads=args.threads, resume=args.resume, force=args.force,
-        sample_points=args.sample_points,
+        hard_negative_fraction=args.hard_negatives, threads=args.threads, resume=args.resume, init=args.init,
+        force=args.force, sample_points=args.sample_points,
     )
     result = train(config, progress=not args.quiet)
     if result["rank"] == 0 and result["history"]:

@@ -63,6 +63,7 @@ class TrainConfig:
     crop_mm: float | None = None  # override the preset's cube size
     truncation_mm: float | None = None
     resume: bool | Path = False  # True: continue from <out>.last.pt; a path: from that checkpoint
+    init: Path | None = None  # start from this model's weights (fresh optimiser and schedule): fine-tuning
     force: bool = False
     # query points
     sample_points: int = 200_000  # per case, cached on disk by sampling.load_or_sample
@@ -88,6 +89,11 @@ class TrainConfig:
         self.out = Path(self.out)
         if isinstance(self.resume, str):
             self.resume = Path(self.resume)
+        if self.init is not None:
+            self.init = Path(self.init)
+            if self.resume:
+                raise InputError("--init starts a new training from a model's weights and --resume continues "
+                                 "one: use one of them.")
         for name in ("epochs", "steps_per_epoch", "points", "batch_size", "val_points", "sample_points"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be ≥ 1; got {getattr(self, name)}.")
@@ -374,6 +380,13 @@ def train(config: TrainConfig, progress: bool = True, cases: tuple[list, list] |
         if "optimizer" not in state or "train_state" not in state:
             raise CheckpointError(f"{resume_from} holds no optimiser/training state; resume from a .last.pt file.")
         model = model_from_checkpoint_data(state, str(resume_from))
+        model_config = model.config
+    elif config.init is not None:
+        # fine-tuning: the architecture is the initial model's, whatever --preset/--crop-* say
+        if not config.init.is_file():
+            raise CheckpointError(f"Cannot start from {config.init}: no such model file.")
+        torch.manual_seed(config.seed)
+        model = model_from_checkpoint_data(read_checkpoint(config.init), str(config.init))
         model_config = model.config
     else:
         torch.manual_seed(config.seed)

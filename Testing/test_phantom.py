@@ -350,3 +350,28 @@ def test_phantom_cli_refuses_an_unknown_style(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "banana" in err
     assert not (tmp_path / "p").exists()
+
+
+def test_the_appendage_wall_is_thinner_than_the_la_wall_and_fat_lies_beyond_it():
+    """The LAA has its own wall, 0.3 mm up to the LA wall's thickness: with a thin one, the CT a little
+    beyond the cavity wall is already the epicardial fat, as in routine scans; the LA body keeps its wall."""
+    cases = [phantom.generate_case(seed, size="compact", styles=PLAIN) for seed in range(4, 10)]
+    walls = [c.meta["walls_mm"] for c in cases]
+    assert all(0.3 <= w["laa"] <= w["la"] <= 3.0 for w in walls), walls
+    assert min(w["laa"] for w in walls) < 0.6 and max(w["laa"] for w in walls) > 1.2, walls
+    thin = min(cases, key=lambda c: c.meta["walls_mm"]["laa"])
+    assert thin.meta["hu"]["myocardium"] - thin.meta["hu"]["fat"] > 80
+    mesh = thin.mesh_lps
+    pts, normals = io.polydata_points(mesh), _vertex_normals(mesh)
+    o, n = np.array(thin.meta["ostium_center_lps"]), np.array(thin.meta["ostium_normal_lps"])
+    deep = (pts - o) @ n
+    distal = np.flatnonzero(deep > 0.5 * deep.max())[::3]
+    w, hu = thin.meta["walls_mm"], thin.meta["hu"]
+    at = w["laa"] + 1.2  # beyond the appendage's wall, well inside where the LA's wall would still be
+    outside = np.median(_sample_ct(thin.volume, pts[distal] + at * normals[distal]))
+    assert outside < 0.5 * (hu["fat"] + hu["myocardium"]), (outside, hu, w)
+    # still the cavity wall: the steepest drop of the profile is at the ground truth
+    offsets = np.arange(-2.0, 2.01, 0.25)
+    profile = np.array([np.median(_sample_ct(thin.volume, pts[distal] + t * normals[distal])) for t in offsets])
+    assert profile[0] > 0.8 * hu["blood"], profile
+    assert abs(offsets[:-1][np.argmin(np.diff(profile))] + 0.125) <= 0.5, profile

@@ -184,6 +184,31 @@ def test_resume_on_other_validation_cases_chooses_the_best_model_afresh(tmp_path
     assert read_checkpoint(out)["extra"]["val_cases"] == ["another_case"]
 
 
+def test_init_fine_tunes_from_a_models_weights_with_its_architecture(tmp_path):
+    # `nudf train --init MODEL`: a new run (fresh optimiser and schedule) that starts from MODEL's weights and
+    # keeps MODEL's architecture even when --preset says otherwise.
+    case = _analytic_case()
+    kw = dict(data=tmp_path, steps_per_epoch=2, points=300, val_points=1000, epochs=1)
+    base = tmp_path / "base.pt"
+    train(TrainConfig(out=base, preset="tiny", lr=1e-3, **kw), progress=False, cases=([case], [case]))
+    start = read_checkpoint(base)
+    tuned = train(TrainConfig(out=tmp_path / "ft.pt", preset="small", lr=1e-12, init=base, **kw), progress=False,
+                  cases=([case], [case]))
+    model = tuned["model"]
+    assert model.config == ModelConfig.from_dict(dict(start["config"])) != ModelConfig.preset("small")
+    weights = model.state_dict()
+    for name, value in start["state_dict"].items():  # lr 1e-12: the weights are still the initial model's
+        assert torch.allclose(weights[name].float(), value.float(), atol=1e-6), name
+    fresh = train(TrainConfig(out=tmp_path / "fresh.pt", preset="tiny", lr=1e-12, **kw), progress=False,
+                  cases=([case], [case]))
+    assert tuned["history"][0]["val_loss"] < fresh["history"][0]["val_loss"]
+    with pytest.raises(InputError, match="--init"):
+        TrainConfig(out=tmp_path / "x.pt", data=tmp_path, init=base, resume=True)
+    with pytest.raises(CheckpointError, match="no such model"):
+        train(TrainConfig(out=tmp_path / "y.pt", init=tmp_path / "missing.pt", **kw), progress=False,
+              cases=([case], [case]))
+
+
 # ------------------------------------------------------------------------------------------ DDP
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),

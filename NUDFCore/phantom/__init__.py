@@ -23,7 +23,9 @@ How a case is made
   overlapping ellipsoids along a bent centreline (oval cross-section at the ostium, long axis 15-30 mm,
   length 20-45 mm), secondary lobes/lobules and outer lobulations; its mouth is standard, wide and tapered,
   or narrowed to a waist. The LAA is smooth-unioned with the LA body, so it opens into the LA lumen and
-  the wall (the cavity field offset by 1-3 mm) continues around the neck.
+  the LA wall (the LA body's cavity field offset by 1-3 mm) collars the neck; beyond it the appendage has
+  its own thinner wall (0.3 mm up to the LA wall's thickness, often unresolved in CT, as in real scans)
+  with the epicardial fat outside it. Trabeculae never show outside that wall.
 * **Domain randomisation** (:mod:`.styles`): everything that does not define the LAA varies per case --
   every tissue's HU (blood pool 150-650 HU), noise, PSF, slices, and named styles drawn independently:
   inhomogeneous opacification, trabeculae inside the cavity, mouth shapes, lobulated LA, close
@@ -190,6 +192,7 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
         "origin_lps": origin.tolist(),
         "direction_lps": d.tolist(),
         "hu": hu,
+        "walls_mm": {k: round(float(an.walls[k]), 3) for k in ("la", "laa")},
         "filling_defect": an.laa.defect is not None,
         "filling_defect_lps": None if an.laa.defect is None else
         {"center": to_lps(an.laa.defect[0]).tolist(), "radius_mm": round(float(an.laa.defect[1]), 3)},

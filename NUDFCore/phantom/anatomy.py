@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from .sdf import (Ellipsoid, EllipticCylinder, Field, Offset, Primitive, RoundCone, _ScaledBall, _frame_from_axis,
+from .sdf import (Ellipsoid, EllipticCylinder, Field, Offset, Primitive, RoundCone, Within, _ScaledBall, _frame_from_axis,
                   _random_rotation, _rotation, _unit)
 
 MORPHOLOGIES: tuple[str, ...] = ("chicken_wing", "cactus", "windsock", "cauliflower")
@@ -413,7 +413,7 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
     """
     J = lambda s: rng.normal(0, s, 3)
     child = {name: np.random.default_rng(int(rng.integers(2 ** 62))) for name in
-             ("mouth", "trabeculae", "mixing", "la_lobes", "tight_neighbours", "trab_hu")}
+             ("mouth", "trabeculae", "mixing", "la_lobes", "tight_neighbours", "tissue")}
     blood = float(rng.uniform(150, 650))
     hu = {
         "blood": blood,
@@ -429,13 +429,17 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
     hu["blood_right"] = float(max(100.0, hu["blood"] * rng.uniform(0.4, 1.2)))
     hu["vessel_wall"] = hu["soft_tissue"]
     hu["pericardium"] = hu["soft_tissue"]
-    hu["trabeculae"] = float(hu["myocardium"] * child["trab_hu"].uniform(0.8, 1.3))
+    hu["trabeculae"] = float(hu["myocardium"] * child["tissue"].uniform(0.8, 1.3))
     tight = "tight_neighbours" in styles
     tn = child["tight_neighbours"]
     groove_mm, fat_mm, laa_fat_mm = tn.uniform(1.5, 4.0), tn.uniform(0.3, 2.0), tn.uniform(0.2, 1.5)
     walls = {"la": float(rng.uniform(1.0, 3.0)), "lv": float(rng.uniform(8, 12)), "rv": float(rng.uniform(2.5, 4.0)),
              "ra": float(rng.uniform(1.5, 2.5)), "aorta": float(rng.uniform(1.5, 2.5)),
              "pa": float(rng.uniform(1.2, 2.0)), "pv": float(rng.uniform(0.8, 1.5)), "cava": 1.5}
+    # The appendage wall is thinner than the LA body's (often under 1 mm, and unresolved in routine CT,
+    # where blood then meets epicardial fat): drawn from 0.3 mm up to the LA wall's thickness. From the
+    # "tissue" child, so every other draw of the seed is unchanged.
+    walls["laa"] = float(child["tissue"].uniform(0.3, walls["la"]))
 
     F: dict[str, Field] = {}
     # left atrium + LAA
@@ -444,8 +448,11 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
     F["la"] = Field().union(la)
     mouth = "wide" if "wide_mouth" in styles else "narrow" if "narrow_neck" in styles else "standard"
     laa = _sample_laa(rng, la, morphology, F["la"], mouth, child["mouth"], child["trabeculae"])
+    n_laa_end = len(F["la"].ops)
     if "la_lobes" in styles:
         _add_la_lobes(child["la_lobes"], la, laa, F["la"])
+    # the LA body without its appendage: it carries the thicker LA wall, which also collars the ostium
+    F["la_body"] = Field([F["la"].ops[0]] + F["la"].ops[n_laa_end:])
     # pulmonary veins
     F["pv"] = Field()
     pv_prims = []
@@ -527,7 +534,7 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
     for prim in laa.prims:
         if isinstance(prim, Ellipsoid):
             laa_fat = rng.uniform(1.5, 6.0)
-            env.union(prim.inflated(walls["la"] + (laa_fat_mm if tight else laa_fat)), 4.0)
+            env.union(prim.inflated(walls["laa"] + (laa_fat_mm if tight else laa_fat)), 4.0)
     for prim in ao_prims[:4] + pa_prims + pv_prims:
         env.union(Offset(prim, 4.0), 6.0)
     for prim in cor_prims:
@@ -595,6 +602,8 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
         F["trabeculae"] = Field()
         for prim in laa.trabeculae:
             F["trabeculae"].union(prim, 0.5)
+        # pectinate muscles line the cavity: nothing of them shows outside the (thin) appendage wall
+        F["trabeculae"].intersect(Within(F["la"], walls["laa"]), 0.0)
     laa_blood = _opacification(child["mixing"], laa, hu["blood"], F["la"]) if "mixing" in styles else None
 
     heart_c = np.array([5.0, 0.0, 5.0])

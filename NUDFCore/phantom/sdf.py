@@ -88,6 +88,22 @@ class Offset(Primitive):
         return v
 
 
+class Within(Primitive):
+    """The region where ``fld`` < ``d`` as a primitive (heart frame), to clip another field to it by
+    ``Field.intersect``; e.g. keep trabeculae inside the appendage wall."""
+
+    def __init__(self, fld: "Field", d: float) -> None:
+        self.fld, self.d = fld, float(d)
+        self.center, self.rot = np.zeros(3), np.eye(3)
+        self.lo, self.hi = fld.bounds(self.d)
+
+    def local(self, x, y, z):
+        pts = np.stack([np.ravel(x), np.ravel(y), np.ravel(z)], axis=1)
+        v = self.fld.eval_points(pts, margin=self.d + 3.0).reshape(np.shape(x))
+        v -= np.float32(self.d)
+        return v
+
+
 def _translate(prim: Primitive, v: np.ndarray) -> None:
     """Move a primitive in place (its wrappers follow)."""
     if isinstance(prim, Offset):

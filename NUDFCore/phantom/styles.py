@@ -35,7 +35,9 @@ Styles
     1.5-3 mm slices (routine chest CT) instead of the usual mix.
 
 Always randomised, whatever the style: every tissue's HU (blood pool 150-650 HU), noise level
-(10-70 HU) and texture, PSF, voxel spacing, orientation, pose.
+(10-70 HU) and texture, PSF, voxel spacing, orientation, pose, and the wall thicknesses: the LA body's
+1-3 mm, the appendage's from 0.3 mm up to the LA's (a thin appendage wall is unresolved in routine CT,
+where the blood then meets the epicardial fat almost directly; the cavity wall is still the ground truth).
 """
 from __future__ import annotations
 
