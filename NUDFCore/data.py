@@ -124,9 +124,7 @@ def estimate_seed(points: np.ndarray, triangles: np.ndarray, ostium_center: np.n
     Candidates are points on the ostium axis, between the ostium and the mesh centroid, and vertices moved
     inwards along their normals; robust to bent (chicken-wing) shapes whose centroid lies outside.
     """
-    from vtk.util import numpy_support
-
-    from .meshtools import capped, inside_closed, unsigned_distance
+    from .meshtools import capped, inside_closed, unsigned_distance, vertex_normals
 
     n = ostium_normal / np.linalg.norm(ostium_normal)
     depth = max(float(((points - ostium_center) @ n).max()), 1.0)
@@ -134,14 +132,7 @@ def estimate_seed(points: np.ndarray, triangles: np.ndarray, ostium_center: np.n
     centroid = points.mean(axis=0)
     cand += [ostium_center + t * (centroid - ostium_center) for t in np.linspace(0.1, 1.5, 15)]
     # inward offsets of vertices (normals from the winding; both orientations tried, inside test sorts it)
-    normals = vtk.vtkPolyDataNormals()
-    normals.SetInputData(make_polydata(points, triangles))
-    normals.ComputePointNormalsOn()
-    normals.SplittingOff()
-    normals.ConsistencyOff()
-    normals.AutoOrientNormalsOff()
-    normals.Update()
-    vn = numpy_support.vtk_to_numpy(normals.GetOutput().GetPointData().GetNormals()).astype(float)
+    vn = vertex_normals(points, triangles)
     sel = np.linspace(0, len(points) - 1, min(len(points), 400)).astype(int)
     for d in (1.5, 3.0, 4.5, 6.0):
         cand += list(points[sel] - d * vn[sel])

@@ -34,6 +34,7 @@ import vtk
 
 from .errors import InputError, SegmentationCancelled, SegmentationError
 from .io import make_polydata, polydata_points, polydata_triangles, set_point_array
+from .meshtools import vertex_normals
 
 UDFFn = Callable[[np.ndarray], np.ndarray]
 """(N, 3) points -> (N,) unsigned distances (mm, >= 0; negative values are clamped to 0)."""
@@ -826,7 +827,7 @@ def extract_open_surface(
         raise SegmentationError("No surface found: every candidate face was farther than the filter allows.")
 
     t0 = time.perf_counter()
-    normals = _vertex_normals(pts, tris)
+    normals = vertex_normals(pts, tris)
     valley = _probe_valleys(pts, normals, vu, ev, h, "valley probes")
     off_edge = valley.is_valley & ~_valley_crosses_edge(lat, pts, normals, valley)
     # vote: a seam or ridge is a coherent patch; scattered flags are a network's small-scale roughness
@@ -867,7 +868,7 @@ def extract_open_surface(
     for step in range(max(0, int(project_steps))):
         ev.check_cancel()
         if step > 0:
-            normals = _vertex_normals(pts, tris)
+            normals = vertex_normals(pts, tris)
             valley = _probe_valleys(pts, normals, vu, ev, h, f"projection {step + 1}/{project_steps}")
         pts, vu = _move_to_valley_bottoms(pts, tris, normals, vu, valley, ev, h, f"projection {step + 1}/{project_steps}")
     mesh = _with_arrays(make_polydata(pts, tris), **{DISTANCE_ARRAY: vu, SLOPE_ARRAY: valley.slope})
@@ -879,15 +880,6 @@ def extract_open_surface(
     return MeshingResult(mesh, ev.n_queries, ev.n_grad_queries, n_dense, timings, stats,
                          (lat.points(lat.ijk(store.keys)), store.vals.copy()))
 
-
-def _vertex_normals(pts: np.ndarray, tris: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals from the faces' winding (zero where they cancel)."""
-    fn = np.cross(pts[tris[:, 1]] - pts[tris[:, 0]], pts[tris[:, 2]] - pts[tris[:, 0]])
-    vn = np.zeros_like(pts)
-    for i in range(3):
-        np.add.at(vn, tris[:, i], fn)
-    norm = np.linalg.norm(vn, axis=1, keepdims=True)
-    return np.divide(vn, norm, out=np.zeros_like(vn), where=norm > 0)
 
 
 # ------------------------------------------------------------------------------------------ valley probes

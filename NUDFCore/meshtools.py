@@ -99,6 +99,20 @@ def face_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
 
 
+def vertex_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals from the triangles' own winding (zero where they cancel).
+
+    No re-orientation: on an open surface the winding is the only orientation there is; callers that need
+    "outward" decide it themselves (e.g. with :func:`inside_closed` on the capped surface).
+    """
+    fn = np.cross(points[triangles[:, 1]] - points[triangles[:, 0]], points[triangles[:, 2]] - points[triangles[:, 0]])
+    vn = np.zeros_like(points, dtype=float)
+    for i in range(3):
+        np.add.at(vn, triangles[:, i], fn)
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    return np.divide(vn, norm, out=np.zeros_like(vn), where=norm > 0)
+
+
 def sample_on_faces(
     points: np.ndarray, triangles: np.ndarray, weights: np.ndarray, n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:

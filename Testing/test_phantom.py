@@ -38,13 +38,7 @@ def _sample_ct(volume: io.Volume, points_lps: np.ndarray) -> np.ndarray:
 
 
 def _vertex_normals(mesh: vtk.vtkPolyData) -> np.ndarray:
-    """Area-weighted vertex normals from the triangles' own winding (no re-orientation)."""
-    pts, tris = io.polydata_points(mesh), io.polydata_triangles(mesh)
-    fn = np.cross(pts[tris[:, 1]] - pts[tris[:, 0]], pts[tris[:, 2]] - pts[tris[:, 0]])
-    vn = np.zeros_like(pts)
-    for c in range(3):
-        np.add.at(vn, tris[:, c], fn)
-    return vn / np.linalg.norm(vn, axis=1, keepdims=True)
+    return meshtools.vertex_normals(io.polydata_points(mesh), io.polydata_triangles(mesh))
 
 
 def _inside_capped(mesh: vtk.vtkPolyData, centre: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -99,20 +99,12 @@ def hu_profile(ct, surface_lps, offsets_mm: np.ndarray, n: int = 2000, seed: int
     Says where a label's surface sits on the image's blood-to-wall edge: a surface on the blood pool's
     half-maximum crosses the half-way level at 0; one that takes in the wall crosses it inside (< 0).
     """
-    import vtk
-    from vtk.util import numpy_support
-
     from NUDFCore import meshtools
-    from NUDFCore.io import polydata_points
+    from NUDFCore.io import polydata_points, polydata_triangles
     from NUDFCore.quality import sample_hu
 
-    nf = vtk.vtkPolyDataNormals()
-    nf.SetInputData(surface_lps)
-    nf.ComputePointNormalsOn()
-    nf.SplittingOff()
-    nf.Update()
-    pts = polydata_points(nf.GetOutput())
-    nrm = numpy_support.vtk_to_numpy(nf.GetOutput().GetPointData().GetNormals()).astype(float)
+    pts = polydata_points(surface_lps)
+    nrm = meshtools.vertex_normals(pts, polydata_triangles(surface_lps))
     pick = np.random.default_rng(seed).choice(len(pts), min(n, len(pts)), replace=False)
     pts, nrm = pts[pick], nrm[pick]
     inward = meshtools.inside_closed(meshtools.capped(surface_lps), pts + 1.0 * nrm)
