@@ -8,8 +8,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from .sdf import (Ellipsoid, EllipticCylinder, Field, Offset, Primitive, RoundCone, Within, _ScaledBall, _frame_from_axis,
-                  _random_rotation, _rotation, _unit)
+from .sdf import (Ellipsoid, EllipticCylinder, Field, Offset, Primitive, RoundCone, Within, _frame_from_axis,
+                  _random_rotation, _rotation, _ScaledBall, _unit)
 
 MORPHOLOGIES: tuple[str, ...] = ("chicken_wing", "cactus", "windsock", "cauliflower")
 
