@@ -14,6 +14,7 @@
 #   git show d291043:NUDFCore/models/nudf_laa.pt > runs/previous.pt && INIT=runs/previous.pt make model
 # Stop it at any time and run it again: phantoms are kept and training resumes from the stage's .last.pt.
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 RUN=${1:-runs}
 NUDF=${NUDF:-.venv/bin/nudf}
@@ -26,10 +27,6 @@ make_set() {  # folder count seed [style options]
     touch "$RUN/$dir/.complete"
   fi
 }
-resume_or() {  # OUT [options when starting]: --resume when OUT's .last.pt exists
-  local last="${1%.pt}.last.pt"; shift
-  if [ -f "$last" ]; then echo --resume; else echo "$@"; fi
-}
 make_set phantoms 120 2000 --exclude-style narrow_neck
 make_set phantoms_extra 60 2120 --exclude-style narrow_neck
 make_set phantoms_test 12 2900 --exclude-style narrow_neck
@@ -40,8 +37,9 @@ INIT=${INIT:-}
 if [ -z "$INIT" ]; then
   INIT="$RUN/nudf_stage1.pt"
   if [ ! -f "$RUN/.stage1_complete" ]; then
-    "$NUDF" train --data "$RUN/phantoms" --out "$INIT" --preset small --epochs 30 --lr 1e-3 "${COMMON[@]}" \
-      $(resume_or "$INIT" --force)
+    START=(--force)
+    [ -f "${INIT%.pt}.last.pt" ] && START=(--resume)
+    "$NUDF" train --data "$RUN/phantoms" --out "$INIT" --preset small --epochs 30 --lr 1e-3 "${COMMON[@]}" "${START[@]}"
     touch "$RUN/.stage1_complete"
   fi
 fi
@@ -50,5 +48,6 @@ mkdir -p "$RUN/phantoms_all"
 for d in "$RUN"/phantoms/case_* "$RUN"/phantoms_extra/case_*; do
   ln -sfn "$(cd "$d" && pwd)" "$RUN/phantoms_all/$(basename "$(dirname "$d")")_$(basename "$d")"
 done
-"$NUDF" train --data "$RUN/phantoms_all" --out "$RUN/nudf_laa.pt" --epochs 16 --lr 3e-4 "${COMMON[@]}" \
-  $(resume_or "$RUN/nudf_laa.pt" --init "$INIT" --force)
+START=(--init "$INIT" --force)
+[ -f "$RUN/nudf_laa.last.pt" ] && START=(--resume)
+"$NUDF" train --data "$RUN/phantoms_all" --out "$RUN/nudf_laa.pt" --epochs 16 --lr 3e-4 "${COMMON[@]}" "${START[@]}"
