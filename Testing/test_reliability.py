@@ -397,7 +397,9 @@ def test_signals_mid_run_leave_nothing(tmp_path, files):
         for sig in (signal.SIGINT, signal.SIGTERM):
             folder = tmp_path / sig.name
             folder.mkdir()
-            argv = _segment_argv(files[".nii.gz"], folder / "laa.stl", model=files["model"])
+            # the bundled model, not the tiny one: with it the run after loading takes seconds, not a fraction of
+            # one, so the signal cannot arrive after the run has already ended on a loaded machine
+            argv = _segment_argv(files[".nii.gz"], folder / "laa.stl")
             argv[argv.index("--progress-format") + 1] = "json"
             jobs[sig] = (folder, pool.submit(_run_and_signal, argv, sig, folder))
     for sig, (folder, job) in jobs.items():
