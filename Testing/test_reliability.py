@@ -378,8 +378,11 @@ def test_ctrl_c_mid_run_leaves_nothing(tmp_path, capsys, monkeypatch, files):
 
 def _run_and_signal(argv: list[str], sig: signal.Signals, cwd: Path) -> tuple[int, str]:
     """Start ``nudf argv`` in a new process, send ``sig`` once the model is loading; (exit code, stderr)."""
+    # as from a terminal: Ctrl-C is not ignored in the child even if something in this test process ignores it
+    # (an ignored SIGINT is inherited across exec, and Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-m", "NUDFCore", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=cwd)
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if '"stage": "load model"' in line:
             proc.send_signal(sig)
