@@ -34,7 +34,8 @@ import vtk
 
 from .errors import InputError, SegmentationCancelled, SegmentationError
 from .io import make_polydata, polydata_points, polydata_triangles, set_point_array
-from .meshtools import vertex_normals
+from .meshtools import (boundary_edges, boundary_loops, cell_locator, connected_components, face_normals, triangle_areas,
+                        vertex_normals)
 
 UDFFn = Callable[[np.ndarray], np.ndarray]
 """(N, 3) points -> (N,) unsigned distances (mm, >= 0; negative values are clamped to 0)."""
@@ -955,8 +956,6 @@ def _valley_crosses_edge(
 
 def _near_border(tris: np.ndarray, n_points: int, hops: int) -> np.ndarray:
     """Vertices within ``hops`` edges of a boundary edge of the mesh."""
-    from .meshtools import boundary_edges
-
     near = np.zeros(n_points, dtype=bool)
     if len(tris) == 0:
         return near
@@ -1004,8 +1003,6 @@ def _local_min_on_mesh(values: np.ndarray, tris: np.ndarray, hops: int) -> np.nd
 
 def _undo_folds(old: np.ndarray, new: np.ndarray, tris: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """Revert moved vertices of faces whose orientation flipped (a fold would make a local double layer)."""
-    from .meshtools import face_normals
-
     n_old = face_normals(old, tris)
     for _ in range(10):
         pts = np.where(moved[:, None], new, old)
@@ -1041,8 +1038,6 @@ def _component_mask(
 ) -> np.ndarray:
     """Faces to keep: the component passing closest to ``keep_point`` (among those with at least
     ``min_fraction`` of the area; the largest always competes), or every component that large."""
-    from .meshtools import cell_locator, connected_components, triangle_areas
-
     if len(tris) == 0:
         return np.zeros(0, dtype=bool)
     labels = connected_components(make_polydata(pts, tris))
@@ -1101,8 +1096,6 @@ def _submesh_keep_data(mesh: vtk.vtkPolyData, face_mask: np.ndarray) -> vtk.vtkP
 def _fill_holes(pts: np.ndarray, tris: np.ndarray, max_radius: float) -> tuple[np.ndarray, int]:
     """vtkFillHolesFilter on the holes of bounding radius <= ``max_radius``, never on the largest loop (the
     rim). No point is added, so per-vertex data stays valid; winding is made consistent by the caller."""
-    from .meshtools import boundary_loops
-
     if max_radius <= 0 or len(tris) == 0:
         return tris, 0
     mesh = make_polydata(pts, tris)
@@ -1147,8 +1140,6 @@ def smooth_windowed_sinc(mesh: vtk.vtkPolyData, iterations: int = 20, passband: 
 
     Non-manifold smoothing must be off: with it on, VTK 9.6 also moves the vertices of the open rim.
     """
-    from .meshtools import boundary_edges
-
     f = vtk.vtkWindowedSincPolyDataFilter()
     f.SetInputData(mesh)
     f.SetNumberOfIterations(int(iterations))

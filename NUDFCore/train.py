@@ -383,8 +383,6 @@ def train(config: TrainConfig, progress: bool = True, cases: tuple[list, list] |
         model_config = model.config
     elif config.init is not None:
         # fine-tuning: the architecture is the initial model's, whatever --preset/--crop-* say
-        if not config.init.is_file():
-            raise CheckpointError(f"Cannot start from {config.init}: no such model file.")
         torch.manual_seed(config.seed)
         model = model_from_checkpoint_data(read_checkpoint(config.init), str(config.init))
         model_config = model.config

@@ -204,7 +204,7 @@ def test_init_fine_tunes_from_a_models_weights_with_its_architecture(tmp_path):
     assert tuned["history"][0]["val_loss"] < fresh["history"][0]["val_loss"]
     with pytest.raises(InputError, match="--init"):
         TrainConfig(out=tmp_path / "x.pt", data=tmp_path, init=base, resume=True)
-    with pytest.raises(CheckpointError, match="no such model"):
+    with pytest.raises(CheckpointError, match="No such model"):
         train(TrainConfig(out=tmp_path / "y.pt", init=tmp_path / "missing.pt", **kw), progress=False,
               cases=([case], [case]))
 
