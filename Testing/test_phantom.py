@@ -369,3 +369,50 @@ def test_the_appendage_wall_is_thinner_than_the_la_wall_and_fat_lies_beyond_it()
     profile = np.array([np.median(_sample_ct(thin.volume, pts[distal] + t * normals[distal])) for t in offsets])
     assert profile[0] > 0.8 * hu["blood"], profile
     assert abs(offsets[:-1][np.argmin(np.diff(profile))] + 0.125) <= 0.5, profile
+
+
+def test_the_pectinate_band_dims_the_blood_along_the_distal_wall_but_not_in_the_neck(case):
+    """Unresolved pectinate muscles dim the last millimetres of blood before the cavity wall of the distal
+    appendage (style "trabeculae"); the smooth neck keeps its blood, and the ground truth does not move."""
+    banded = phantom.generate_case(SEED, size="compact", styles=phantom.style_probabilities(
+        exclude=[s for s in phantom.STYLES if s != "trabeculae"], only=["trabeculae"]))
+    band, hu = banded.meta["pectinate_band"], case.meta["hu"]
+    assert case.meta["pectinate_band"] is None and band is not None
+    assert 1.0 <= band["depth_mm"] <= 4.0 and 0.15 <= band["frac"] <= 0.7 and 0.0 <= band["patchiness"] <= 1.0
+    np.testing.assert_array_equal(io.polydata_points(banded.mesh_lps), io.polydata_points(case.mesh_lps))
+    mesh = case.mesh_lps
+    pts, normals = io.polydata_points(mesh), _vertex_normals(mesh)
+    o, n = np.array(case.meta["ostium_center_lps"]), np.array(case.meta["ostium_normal_lps"])
+    deep = (pts - o) @ n
+    distal, neck = np.flatnonzero(deep > 0.5 * deep.max())[::3], np.flatnonzero(deep < 0.5)
+    contrast = hu["blood"] - hu["myocardium"]
+
+    def dimming(ids: np.ndarray, inside_mm: float) -> float:
+        at = pts[ids] - inside_mm * normals[ids]
+        return float(np.median(_sample_ct(case.volume, at) - _sample_ct(banded.volume, at)))
+
+    expected = band["frac"] * (1.0 - 0.5 * band["patchiness"]) * contrast  # mean pull at the wall
+    assert dimming(distal, 0.3) > 0.3 * expected, (dimming(distal, 0.3), band, hu)
+    assert abs(dimming(neck, 0.3)) < 0.1 * expected, (dimming(neck, 0.3), band, hu)
+
+
+def test_a_layer_over_the_blood_keeps_the_cavity_edge_where_the_blood_put_it():
+    """The LAA's own blood (mixing, pectinate band) and the filling defect change the blood layer painted
+    before them on the same edge: painting the same HU "over" it changes nothing, a darker one darkens the
+    inside only, and the edge stays at the field's zero level (blending twice would move it outwards)."""
+    from NUDFCore.phantom.anatomy import _Paint
+    from NUDFCore.phantom.render import _render_paints
+    from NUDFCore.phantom.sdf import Ellipsoid, Field, _Grid
+
+    grid = _Grid((40, 40, 40), np.eye(3) * 0.5, np.zeros(3))
+    cavity = Field().union(Ellipsoid(np.full(3, 10.0), (6.0, 6.0, 6.0)))
+    below = [_Paint(cavity, 100.0, offset=1.0), _Paint(cavity, 500.0)]
+    once = np.full(grid.shape, -100.0, np.float32)
+    _render_paints(once, grid, below, 0.6)
+    again = np.full(grid.shape, -100.0, np.float32)
+    _render_paints(again, grid, below + [_Paint(cavity, 500.0, over=500.0)], 0.6)
+    np.testing.assert_allclose(again, once, atol=1e-3)
+    darker = np.full(grid.shape, -100.0, np.float32)
+    _render_paints(darker, grid, below + [_Paint(cavity, 300.0, over=500.0)], 0.6)
+    line = darker[20, 20, :]  # along x, 1 mm from the centre: the edge at x = 16 mm, voxel 32
+    assert abs(line[22] - 300.0) < 1e-3 and abs(line[32] - (once[20, 20, 32] - 0.5 * 200.0)) < 1e-3, line

@@ -28,7 +28,8 @@ How a case is made
   with the epicardial fat outside it. Trabeculae never show outside that wall.
 * **Domain randomisation** (:mod:`.styles`): everything that does not define the LAA varies per case --
   every tissue's HU (blood pool 150-650 HU), noise, PSF, slices, and named styles drawn independently:
-  inhomogeneous opacification, trabeculae inside the cavity, mouth shapes, lobulated LA, close
+  inhomogeneous opacification, trabeculae inside the cavity (with the dim band of unresolved pectinate
+  muscles along the wall), mouth shapes, lobulated LA, close
   neighbours, artefacts, thick slices. A style can be held out of a training set or forced in a test set.
 * **Ostium plane**: tangent to the LA ellipsoid at the attachment point, pushed 1.5-3 mm outwards. The LA
   ellipsoid is convex, so it lies entirely on the LA side; the LAA is kept on the appendage side.
@@ -193,6 +194,9 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
         "direction_lps": d.tolist(),
         "hu": hu,
         "walls_mm": {k: round(float(an.walls[k]), 3) for k in ("la", "laa")},
+        "pectinate_band": None if an.band is None else
+        {"depth_mm": round(an.band.depth_mm, 3), "frac": round(an.band.frac, 3),
+         "patchiness": round(an.band.patchiness, 3)},
         "filling_defect": an.laa.defect is not None,
         "filling_defect_lps": None if an.laa.defect is None else
         {"center": to_lps(an.laa.defect[0]).tolist(), "radius_mm": round(float(an.laa.defect[1]), 3)},

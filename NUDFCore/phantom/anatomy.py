@@ -24,6 +24,11 @@ class _Paint:
 
     ``hu_map``, when given, replaces the constant ``hu`` by a function of heart-frame coordinates (float32
     columns x, y, z) and ``box`` (heart-frame lo, hi) limits where the layer is painted at all.
+
+    ``over``, when given, makes the layer a change of a layer already painted with the same field edge and
+    that constant HU (the LAA's own blood over the cavity's blood): it adds ``weight x (hu - over)`` instead
+    of blending again, so the cavity edge keeps its 50 % level at field = offset. Blending a second layer
+    on the same edge would count its weight twice and move the CT edge off the ground truth.
     """
 
     fld: Field
@@ -31,6 +36,7 @@ class _Paint:
     offset: float = 0.0  # paint where field < offset (walls are lumens offset outwards)
     hu_map: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
     box: tuple[np.ndarray, np.ndarray] | None = None
+    over: float | None = None
 
 
 @dataclass
@@ -41,6 +47,13 @@ class _Opacification:
     pool value is kept at the ostium (u = 0), dimmed by ``dim`` x u^``power`` toward the tip; swirls are a
     few plane waves whose amplitude grows with u; each pocket pulls the HU toward its own target with a
     Gaussian weight. The cavity wall does not move: only the contrast inside it changes.
+
+    ``band`` (style "trabeculae") adds the pectinate layer: real appendages are lined by a comb of pectinate
+    muscles, 1-3 mm ridges too fine to resolve at CT resolution, so the blood pool dims gradually over the
+    last millimetres before the cavity wall (their partial volume with blood), while the labelled cavity wall
+    is the envelope outside them. Within ``band.depth_mm`` of the wall the HU is pulled toward the
+    myocardium by up to ``band.frac`` (linear in depth, full at the wall), patchy, and absent in the smooth
+    neck next to the ostium.
     """
 
     blood: float
@@ -54,6 +67,7 @@ class _Opacification:
     swirl_hu: float
     pockets: list[tuple[np.ndarray, float, float]]  # (centre, sigma mm, target HU)
     floor_hu: float = 30.0
+    band: "_PectinateBand | None" = None
 
     def __call__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         o, n = self.origin.astype(np.float32), self.normal.astype(np.float32)
@@ -69,7 +83,37 @@ class _Opacification:
             r2 = (x - np.float32(c[0])) ** 2 + (y - np.float32(c[1])) ** 2 + (z - np.float32(c[2])) ** 2
             w = np.exp(r2 * np.float32(-0.5 / sigma ** 2))
             hu += w * (np.float32(target) - hu)
+        if self.band is not None:
+            hu -= self.band.pull(x, y, z, u) * (hu - np.float32(self.band.myocardium_hu))
         return np.maximum(hu, np.float32(self.floor_hu))
+
+
+@dataclass
+class _PectinateBand:
+    """The dim band of unresolved pectinate muscles just inside the LAA cavity wall (see :class:`_Opacification`)."""
+
+    cavity: Field              # the LA + LAA cavity field (< 0 inside)
+    myocardium_hu: float
+    depth_mm: float            # how far inside the wall the band reaches
+    frac: float                # pull toward the myocardium at the wall, 0..1
+    patchiness: float          # 0: uniform band; 1: the pull varies from 0 to frac over the wall
+    waves: np.ndarray          # (M, 3) wave vectors of the patchiness, rad/mm
+    phases: np.ndarray
+    neck_u: float              # depth (fraction of the LAA length) where the band starts past the ostium
+
+    def pull(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Fraction (0..frac) of the way from the blood HU to the myocardium's at each point."""
+        pts = np.stack([np.ravel(x), np.ravel(y), np.ravel(z)], axis=1)
+        inside = -self.cavity.eval_points(pts, margin=self.depth_mm + 3.0).reshape(np.shape(x))
+        w = np.clip(1.0 - inside / np.float32(self.depth_mm), 0.0, 1.0)
+        w *= np.clip((u - np.float32(self.neck_u)) / np.float32(0.15), 0.0, 1.0)
+        if self.patchiness > 0 and len(self.waves):
+            patch = np.zeros_like(w)
+            for k, ph in zip(self.waves.astype(np.float32), self.phases):
+                patch += np.cos(k[0] * x + k[1] * y + k[2] * z + np.float32(ph))
+            patch = 0.5 + 0.5 * np.clip(patch / np.float32(np.sqrt(len(self.waves))), -1.0, 1.0)
+            w *= np.float32(1.0 - self.patchiness) + np.float32(self.patchiness) * patch
+        return w * np.float32(self.frac)
 
 
 # ============================================================================================== anatomy
@@ -106,7 +150,8 @@ class _Anatomy:
     blood_fields: list[str]
     styles: frozenset[str] = frozenset()
     min_gap_mm: float = 2.2            # closest any other blood pool may come to the LAA cavity
-    laa_blood: _Paint | None = None    # inhomogeneous LAA opacification (style "mixing")
+    laa_blood: _Paint | None = None    # LAA blood: inhomogeneous opacification ("mixing"), pectinate band
+    band: "_PectinateBand | None" = None  # the pectinate band (style "trabeculae")
 
 
 def _chain(points: np.ndarray, radius: Callable[[float], float], k: float, fld: Field) -> list[Primitive]:
@@ -604,13 +649,21 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
             F["trabeculae"].union(prim, 0.5)
         # pectinate muscles line the cavity: nothing of them shows outside the (thin) appendage wall
         F["trabeculae"].intersect(Within(F["la"], walls["laa"]), 0.0)
-    laa_blood = _opacification(child["mixing"], laa, hu["blood"], F["la"]) if "mixing" in styles else None
+    # the pectinate layer's own generator, drawn whatever the styles so that no other draw moves
+    band_rng = np.random.default_rng(int(child["trabeculae"].integers(2 ** 62)))
+    band = _pectinate_band(band_rng, F["la"], hu["myocardium"]) if "trabeculae" in styles else None
+    laa_blood = None
+    if "mixing" in styles:
+        laa_blood = _opacification(child["mixing"], laa, hu["blood"], F["la"], band)
+    elif band is not None:
+        laa_blood = _uniform_opacification(laa, hu["blood"], F["la"], band)
 
     heart_c = np.array([5.0, 0.0, 5.0])
     return _Anatomy(fields=F, laa=laa, hu=hu, walls=walls, background=bg, env=env, body_center=body_c,
                     heart_center=heart_c, la_center=la.center,
                     blood_fields=["pv", "lv", "rv", "ra", "svc", "ivc", "aorta", "pa", "coronary"],
-                    styles=frozenset(styles), min_gap_mm=1.2 if tight else 2.2, laa_blood=laa_blood)
+                    styles=frozenset(styles), min_gap_mm=1.2 if tight else 2.2, laa_blood=laa_blood,
+                    band=band)
 
 
 def _add_la_lobes(rng: np.random.Generator, la: Ellipsoid, laa: _LAA, fld: Field) -> None:
@@ -632,7 +685,33 @@ def _add_la_lobes(rng: np.random.Generator, la: Ellipsoid, laa: _LAA, fld: Field
             break
 
 
-def _opacification(rng: np.random.Generator, laa: _LAA, blood_hu: float, cavity: Field) -> _Paint:
+def _pectinate_band(rng: np.random.Generator, cavity: Field, myocardium_hu: float) -> _PectinateBand:
+    """Random :class:`_PectinateBand`: 1-4 mm deep, pulling the HU 15-70 % of the way to the myocardium."""
+    m = 4
+    dirs = rng.normal(size=(m, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return _PectinateBand(cavity=cavity, myocardium_hu=float(myocardium_hu), depth_mm=float(rng.uniform(1.0, 4.0)),
+                          frac=float(rng.uniform(0.15, 0.7)), patchiness=float(rng.uniform(0.0, 1.0)),
+                          waves=dirs * (2 * np.pi / rng.uniform(6.0, 20.0, (m, 1))),
+                          phases=rng.uniform(0, 2 * np.pi, m), neck_u=float(rng.uniform(0.05, 0.25)))
+
+
+def _laa_box(laa: _LAA) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.min([p.lo for p in laa.prims], axis=0) - 3.0
+    hi = np.max([p.hi for p in laa.prims], axis=0) + 3.0
+    return lo, hi
+
+
+def _uniform_opacification(laa: _LAA, blood_hu: float, cavity: Field, band: _PectinateBand) -> _Paint:
+    """The LAA blood of a well-mixed appendage (no dimming, swirls or pockets) with its pectinate band."""
+    opac = _Opacification(blood=blood_hu, origin=laa.ostium_point, normal=laa.ostium_normal,
+                          length=max(laa.length_mm, 10.0), dim=0.0, power=1.0, waves=np.zeros((0, 3)),
+                          phases=np.zeros(0), swirl_hu=0.0, pockets=[], band=band)
+    return _Paint(cavity, blood_hu, hu_map=opac, box=_laa_box(laa), over=blood_hu)
+
+
+def _opacification(rng: np.random.Generator, laa: _LAA, blood_hu: float, cavity: Field,
+                   band: _PectinateBand | None = None) -> _Paint:
     """The "mixing" layer: LAA cavity blood with :class:`_Opacification` HU, painted over the LA blood."""
     n = laa.ostium_normal
     m = 6
@@ -651,8 +730,6 @@ def _opacification(rng: np.random.Generator, laa: _LAA, blood_hu: float, cavity:
     opac = _Opacification(blood=blood_hu, origin=laa.ostium_point, normal=n, length=max(laa.length_mm, 10.0),
                           dim=float(rng.uniform(0.1, 0.6)), power=float(rng.uniform(1.0, 3.0)), waves=waves,
                           phases=rng.uniform(0, 2 * np.pi, m), swirl_hu=float(rng.uniform(20, 150)),
-                          pockets=pockets)
-    lo = np.min([p.lo for p in laa.prims], axis=0) - 3.0
-    hi = np.max([p.hi for p in laa.prims], axis=0) + 3.0
-    return _Paint(cavity, blood_hu, hu_map=opac, box=(lo, hi))
+                          pockets=pockets, band=band)
+    return _Paint(cavity, blood_hu, hu_map=opac, box=_laa_box(laa), over=blood_hu)
 

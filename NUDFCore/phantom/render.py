@@ -59,7 +59,8 @@ def _render_paints(vol: np.ndarray, grid: _Grid, paints: list[_Paint], blur_mm: 
             t += np.float32(3)
             w *= t  # smoothstep
             v = vol[region[0]:region[1], region[2]:region[3], region[4]:region[5]]
-            diff = (np.float32(p.hu) if p.hu_map is None else p.hu_map(*grid.coords(region))) - v
+            target = np.float32(p.hu) if p.hu_map is None else p.hu_map(*grid.coords(region))
+            diff = target - (v if p.over is None else np.float32(p.over))
             diff *= w
             v += diff
         if progress is not None:
@@ -119,7 +120,7 @@ def _heart_paints(an: _Anatomy) -> list[_Paint]:
     if an.laa_blood is not None:
         paints.append(an.laa_blood)
     if "defect" in F:
-        paints.append(_Paint(F["defect"], hu["filling_defect"]))
+        paints.append(_Paint(F["defect"], hu["filling_defect"], over=hu["blood"]))  # the LAA blood, darkened
     if "trabeculae" in F:
         paints.append(_Paint(F["trabeculae"], hu["trabeculae"]))
     return paints

@@ -18,8 +18,11 @@ Styles
     tip, swirls of contrast mixing, pockets 0-300 HU below the blood pool, sometimes a poorly filled lobe.
 ``trabeculae``
     Pectinate muscles (ridges along the wall, 0.6-1.6 mm radius) and a few trabecular cords across the
-    distal lumen, at myocardial HU. They lie *inside* the cavity: the ground truth stays the cavity wall,
-    as radiologists and TotalSegmentator delineate it.
+    distal lumen, at myocardial HU, and the pectinate band: the comb of fine pectinate muscles that lines a
+    real appendage is too fine to resolve, so the blood dims over the last 1-4 mm before the cavity wall
+    (pulled 15-70 % of the way to the myocardium at the wall, patchy, absent in the smooth neck). All of it
+    lies *inside* the cavity: the ground truth stays the cavity wall (the envelope outside the muscles), as
+    radiologists and TotalSegmentator delineate it.
 ``wide_mouth``
     A flared, tapered mouth with no narrowing between the LA and the LAA body.
 ``narrow_neck``
