@@ -43,20 +43,20 @@ def test_segment_returns_open_mesh_near_ground_truth(result, phantom_case):
     pts = polydata_points(mesh)
     perimeters = [meshtools.loop_length(pts, l) for l in loops]
     ostium = np.asarray(phantom_case.ostium_center_lps)
-    # the rim is the model's own ostium, the loop nearest the GT's ostium centre: on this case (chicken wing,
-    # contrast mixing, slab artefacts) the bundled model cuts it 1.8 mm from it
+    # the rim is the model's own ostium, the loop nearest the GT's ostium centre (this case: chicken wing,
+    # contrast mixing, an unopacified tip, slab artefacts)
     off = [np.linalg.norm(pts[l].mean(axis=0) - ostium) for l in loops]
     rim = int(np.argmin(off))
     assert perimeters[rim] > 30.0 and off[rim] < 8.0, (perimeters, off)
     # any other hole is tiny in comparison -- or the result says the surface may be incomplete there: never a
-    # silently holed surface. (On this case, at this 0.5 mm grid, the bundled model leaves a slit about 21 mm
-    # long in the proximal body, and warns about it.)
+    # silently holed surface. (On this case, at this 0.5 mm grid, the bundled model leaves a large second
+    # opening near the unopacified tip, and warns about it.)
     big = [p for i, p in enumerate(perimeters) if i != rim and p >= 0.25 * perimeters[rim]]
     assert not big or "holes" in result.quality["warning_codes"], (perimeters, result.warnings)
     m = surface_metrics(mesh, phantom_case.load_mesh(), n_samples=20_000)
     print(f"segment vs GT: MSD {m.msd_mm:.3f} mm, HD95 {m.hd95_mm:.3f} mm, false area {m.false_area_mm2:.1f} mm2 "
           f"({100 * m.false_area_fraction:.1f} %), rim {m.boundary_mean_mm:.2f} mm")
-    assert m.msd_mm < 0.75  # the bundled model reaches 0.42 mm on this phantom it has never seen
+    assert m.msd_mm < 0.75  # the bundled model reaches 0.68 mm on this phantom it has never seen
     assert m.false_area_fraction < 0.05
     assert meshtools.back_to_back_face_pairs(mesh) <= 0.01 * mesh.GetNumberOfCells()
 
@@ -83,10 +83,12 @@ def test_exact_gradients_query_the_network_and_agree(ct, phantom_case, model_pat
     exact = segment(ct, seed_lps=phantom_case.seed_lps, model=model_path,
                     options=SegmentOptions(resolution_mm=RESOLUTION_MM, device="cpu", exact_gradients=True))
     assert exact.quality["n_grad_queries"] > 0
+    # the two surfaces agree with each other to a fraction of the grid (compared directly: against the GT, a
+    # small difference in where an ambiguous part stops -- this case has an unopacified tip -- would dominate)
+    both = surface_metrics(exact.mesh_lps, result.mesh_lps, n_samples=20_000)
+    assert both.msd_mm < 0.5 * RESOLUTION_MM and both.completeness_within_2mm > 0.95, both
     gt = phantom_case.load_mesh()
-    a = surface_metrics(result.mesh_lps, gt, n_samples=20_000).msd_mm
-    b = surface_metrics(exact.mesh_lps, gt, n_samples=20_000).msd_mm
-    assert abs(a - b) < 0.1, (a, b)
+    assert surface_metrics(exact.mesh_lps, gt, n_samples=20_000).msd_mm < 1.0
 
 
 @pytest.mark.parametrize("frame", ["lps", "ras"])

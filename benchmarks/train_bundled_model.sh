@@ -9,9 +9,10 @@
 # 3. stage 1, from scratch: small preset on RUN/phantoms, 4 500 steps (RUN/nudf_stage1.pt);
 # 4. stage 2, fine-tuning (nudf train --init): stage 1's weights on all 180 phantoms, 2 400 steps at a lower
 #    learning rate (RUN/nudf_laa.pt, the bundled model).
-# INIT=MODEL skips stage 1 and fine-tunes MODEL instead. The shipped weights were made that way from the model
-# bundled before the phantoms had a thin appendage wall (trained as stage 1 on the same seeds):
-#   git show d291043:NUDFCore/models/nudf_laa.pt > runs/previous.pt && INIT=runs/previous.pt make model
+# INIT=MODEL skips stage 1 and fine-tunes MODEL instead. The shipped weights were made that way, stage 2 twice:
+# from the model bundled before the phantoms had a thin appendage wall (trained as stage 1 on the same seeds),
+# then, once the phantoms had the pectinate band and the edge fix, from that result (bundled at 8ed776b):
+#   git show 8ed776b:NUDFCore/models/nudf_laa.pt > runs/previous.pt && INIT=runs/previous.pt make model
 # Stop it at any time and run it again: phantoms are kept and training resumes from the stage's .last.pt.
 set -euo pipefail
 shopt -s nullglob
