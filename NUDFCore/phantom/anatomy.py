@@ -697,6 +697,7 @@ def _pectinate_band(rng: np.random.Generator, cavity: Field, myocardium_hu: floa
 
 
 def _laa_box(laa: _LAA) -> tuple[np.ndarray, np.ndarray]:
+    """Heart-frame box around the appendage: where its own blood layer is painted."""
     lo = np.min([p.lo for p in laa.prims], axis=0) - 3.0
     hi = np.max([p.hi for p in laa.prims], axis=0) + 3.0
     return lo, hi
