@@ -44,7 +44,8 @@ How a case is made
   of its SDF whose width matches the PSF (0.4-1.1 mm) plus in-plane voxel averaging, so a structure's edge
   (50 % level) sits exactly at SDF = 0 where nothing is painted over it; the layers that change the LAA's
   blood (opacification, filling defect) add to the blood layer instead of blending on its edge again.
-  Thick slices get an extra blur along the slice axis; artefacts (streaks, slab steps, motion blur) change intensities, never edges.
+  Thick slices get an extra blur along the slice axis; artefacts (streaks, slab steps, motion blur) change
+  intensities, never edges.
   Background layers (body, lungs, bones) are drawn on a ~1.5 mm grid and upsampled. Correlated noise
   (Gaussian-filtered white noise, sigma 10-70 HU, correlation 0.3-1.5 mm) is added; voxels are int16 HU.
 * **Geometry**: in-plane spacing 0.3-0.8 mm, slices 0.5-2.5 mm (65 % cardiac CTA 0.5-1.0 mm, 35 % routine
