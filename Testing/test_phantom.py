@@ -41,6 +41,13 @@ def _vertex_normals(mesh: vtk.vtkPolyData) -> np.ndarray:
     return meshtools.vertex_normals(io.polydata_points(mesh), io.polydata_triangles(mesh))
 
 
+def _depth_past_ostium(case: phantom.PhantomCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GT vertices, their outward normals and their depth (mm) past the ostium plane along its normal."""
+    pts, normals = io.polydata_points(case.mesh_lps), _vertex_normals(case.mesh_lps)
+    o, n = np.array(case.meta["ostium_center_lps"]), np.array(case.meta["ostium_normal_lps"])
+    return pts, normals, (pts - o) @ n
+
+
 def _inside_capped(mesh: vtk.vtkPolyData, centre: np.ndarray, points: np.ndarray) -> np.ndarray:
     return meshtools.inside_closed(meshtools.capped(mesh, apex=centre), points)
 
@@ -314,10 +321,7 @@ def test_intensity_styles_change_the_ct_but_not_the_cavity_wall(case, styled):
     np.testing.assert_array_equal(io.polydata_triangles(styled.mesh_lps), io.polydata_triangles(case.mesh_lps))
     assert styled.volume.array.shape == case.volume.array.shape
     # inside the cavity, 1 mm from its wall: the plain lumen is blood; with trabeculae and mixing it is darker
-    mesh = case.mesh_lps
-    pts, normals = io.polydata_points(mesh), _vertex_normals(mesh)
-    o, n = np.array(case.meta["ostium_center_lps"]), np.array(case.meta["ostium_normal_lps"])
-    deep = (pts - o) @ n
+    pts, normals, deep = _depth_past_ostium(case)
     distal = np.flatnonzero(deep > 0.5 * deep.max())[::5]
     plain_in = _sample_ct(case.volume, pts[distal] - 1.0 * normals[distal])
     styled_in = _sample_ct(styled.volume, pts[distal] - 1.0 * normals[distal])
@@ -355,10 +359,7 @@ def test_the_appendage_wall_is_thinner_than_the_la_wall_and_fat_lies_beyond_it()
     assert min(w["laa"] for w in walls) < 0.6 and max(w["laa"] for w in walls) > 1.2, walls
     thin = min(cases, key=lambda c: c.meta["walls_mm"]["laa"])
     assert thin.meta["hu"]["myocardium"] - thin.meta["hu"]["fat"] > 80
-    mesh = thin.mesh_lps
-    pts, normals = io.polydata_points(mesh), _vertex_normals(mesh)
-    o, n = np.array(thin.meta["ostium_center_lps"]), np.array(thin.meta["ostium_normal_lps"])
-    deep = (pts - o) @ n
+    pts, normals, deep = _depth_past_ostium(thin)
     distal = np.flatnonzero(deep > 0.5 * deep.max())[::3]
     w, hu = thin.meta["walls_mm"], thin.meta["hu"]
     at = w["laa"] + 1.2  # beyond the appendage's wall, well inside where the LA's wall would still be
@@ -380,10 +381,7 @@ def test_the_pectinate_band_dims_the_blood_along_the_distal_wall_but_not_in_the_
     assert case.meta["pectinate_band"] is None and band is not None
     assert 1.0 <= band["depth_mm"] <= 4.0 and 0.15 <= band["frac"] <= 0.7 and 0.0 <= band["patchiness"] <= 1.0
     np.testing.assert_array_equal(io.polydata_points(banded.mesh_lps), io.polydata_points(case.mesh_lps))
-    mesh = case.mesh_lps
-    pts, normals = io.polydata_points(mesh), _vertex_normals(mesh)
-    o, n = np.array(case.meta["ostium_center_lps"]), np.array(case.meta["ostium_normal_lps"])
-    deep = (pts - o) @ n
+    pts, normals, deep = _depth_past_ostium(case)
     distal, neck = np.flatnonzero(deep > 0.5 * deep.max())[::3], np.flatnonzero(deep < 0.5)
     contrast = hu["blood"] - hu["myocardium"]
 

@@ -39,6 +39,14 @@ class _Paint:
     over: float | None = None
 
 
+def _wave_sum(waves: np.ndarray, phases: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Sum of plane waves cos(k . p + phase) at the points (x, y, z): a smooth random pattern for swirls and patches."""
+    out = np.zeros(np.shape(x), np.float32)
+    for k, ph in zip(waves.astype(np.float32), phases):
+        out += np.cos(k[0] * x + k[1] * y + k[2] * z + np.float32(ph))
+    return out
+
+
 @dataclass
 class _Opacification:
     """HU of LAA blood with slow-flow dimming toward the tip, swirls of mixing and low-contrast pockets.
@@ -75,9 +83,7 @@ class _Opacification:
         np.clip(u, 0, 1, out=u)
         hu = np.float32(self.blood) * (1 - np.float32(self.dim) * u ** np.float32(self.power))
         if self.swirl_hu > 0 and len(self.waves):
-            swirl = np.zeros_like(hu)
-            for k, ph in zip(self.waves.astype(np.float32), self.phases):
-                swirl += np.cos(k[0] * x + k[1] * y + k[2] * z + np.float32(ph))
+            swirl = _wave_sum(self.waves, self.phases, x, y, z)
             hu += np.float32(self.swirl_hu / np.sqrt(len(self.waves))) * np.sqrt(u) * swirl
         for c, sigma, target in self.pockets:
             r2 = (x - np.float32(c[0])) ** 2 + (y - np.float32(c[1])) ** 2 + (z - np.float32(c[2])) ** 2
@@ -108,9 +114,7 @@ class _PectinateBand:
         w = np.clip(1.0 - inside / np.float32(self.depth_mm), 0.0, 1.0)
         w *= np.clip((u - np.float32(self.neck_u)) / np.float32(0.15), 0.0, 1.0)
         if self.patchiness > 0 and len(self.waves):
-            patch = np.zeros_like(w)
-            for k, ph in zip(self.waves.astype(np.float32), self.phases):
-                patch += np.cos(k[0] * x + k[1] * y + k[2] * z + np.float32(ph))
+            patch = _wave_sum(self.waves, self.phases, x, y, z)
             patch = 0.5 + 0.5 * np.clip(patch / np.float32(np.sqrt(len(self.waves))), -1.0, 1.0)
             w *= np.float32(1.0 - self.patchiness) + np.float32(self.patchiness) * patch
         return w * np.float32(self.frac)
