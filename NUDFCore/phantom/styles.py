@@ -31,14 +31,16 @@ Styles
     A left atrium beyond a single ellipsoid: one to three extra bulges away from the appendage.
 ``tight_neighbours``
     Neighbours (LCx, pulmonary artery, LV free wall, left superior pulmonary vein) close to the LAA with
-    thin or no fat planes.
+    thin or no fat planes; the LV is moved until its free wall presses 0-4 mm into the appendage's side, so
+    there the cavity's blood meets myocardium with no fat between (the cavity itself is unchanged).
 ``artefacts``
     Streaks from dense contrast, slab-to-slab intensity steps and motion blur of whole slabs.
 ``thick_slices``
     1.5-3 mm slices (routine chest CT) instead of the usual mix.
 
 Always randomised, whatever the style: every tissue's HU (blood pool 150-650 HU), noise level
-(10-70 HU) and texture, PSF, voxel spacing, orientation, pose, and the wall thicknesses: the LA body's
+(10-70 HU) and texture, PSF (sigma 0.4-1.1 mm, or 1.1-2.0 mm for the motion-smeared edges of non-gated
+chest CT in a quarter of the cases), voxel spacing, orientation, pose, and the wall thicknesses: the LA body's
 1-3 mm, the appendage's from 0.3 mm up to the LA's (a thin appendage wall is unresolved in routine CT,
 where the blood then meets the epicardial fat almost directly; the cavity wall is still the ground truth).
 """
