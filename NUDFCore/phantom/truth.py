@@ -158,6 +158,16 @@ _MOVABLE = {"pv": ("pv",), "lv": ("lv", "lv_myo"), "rv": ("rv",), "ra": ("ra",),
             "ivc": ("ivc",), "aorta": ("aorta",), "pa": ("pa",), "coronary": ("coronary",)}
 
 
+def _translate_fields(an: _Anatomy, names: tuple[str, ...], v: np.ndarray) -> None:
+    """Move every primitive of the named fields by ``v`` (heart frame, mm), each once (fields share some)."""
+    seen: set[int] = set()
+    for name in names:
+        for _, prim, _ in an.fields[name].ops:
+            if id(prim) not in seen:
+                seen.add(id(prim))
+                _translate(prim, v)
+
+
 def _clear_laa_neighbours(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float = 8.0) -> str | None:
     """Keep other blood pools a wall's width from the LAA lumen, so the CT edge is the LAA's own.
 
@@ -178,13 +188,7 @@ def _clear_laa_neighbours(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float 
             moved += shift
             if moved > max_shift_mm:
                 return name
-            direction = -_unit(g[0])
-            seen: set[int] = set()
-            for fname in _MOVABLE[name]:
-                for _, prim, _ in an.fields[fname].ops:
-                    if id(prim) not in seen:
-                        seen.add(id(prim))
-                        _translate(prim, shift * direction)
+            _translate_fields(an, _MOVABLE[name], -shift * _unit(g[0]))
         else:
             return name
     return None
@@ -196,19 +200,18 @@ def _press_lv_against_laa(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float 
     In many patients the appendage lies on the LV free wall with no fat between them, so on that side the
     cavity's edge is blood against myocardium. The LAA blood is painted over the LV muscle, so the cavity
     (and the ground truth) is unchanged; the LV blood stays ``an.min_gap_mm`` away. Returns how far the LV
-    moved (0 if it is farther than ``max_shift_mm`` or the press would bring its blood too close).
+    moved: 0, with ``an.lv_press_mm`` set to None, where it lies farther than ``max_shift_mm`` or pressing
+    would bring its blood too close.
     """
     if an.lv_press_mm is None:
         return 0.0
     sub = gt_pts[:: max(1, len(gt_pts) // 4000)]
     myo, lv_blood = an.fields["lv_myo"], an.fields["lv"]
-    prims = {id(p): p for name in ("lv", "lv_myo") for _, p, _ in an.fields[name].ops}.values()
     moved = np.zeros(3)
 
     def move(v: np.ndarray) -> None:
         nonlocal moved
-        for prim in prims:
-            _translate(prim, v)
+        _translate_fields(an, _MOVABLE["lv"], v)
         moved = moved + v
 
     for _ in range(6):
