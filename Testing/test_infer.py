@@ -56,7 +56,7 @@ def test_segment_returns_open_mesh_near_ground_truth(result, phantom_case):
     m = surface_metrics(mesh, phantom_case.load_mesh(), n_samples=20_000)
     print(f"segment vs GT: MSD {m.msd_mm:.3f} mm, HD95 {m.hd95_mm:.3f} mm, false area {m.false_area_mm2:.1f} mm2 "
           f"({100 * m.false_area_fraction:.1f} %), rim {m.boundary_mean_mm:.2f} mm")
-    assert m.msd_mm < 0.75  # the bundled model reaches 0.68 mm on this phantom it has never seen
+    assert m.msd_mm < 0.75  # the bundled model reaches 0.65 mm on this phantom it has never seen
     assert m.false_area_fraction < 0.05
     assert meshtools.back_to_back_face_pairs(mesh) <= 0.01 * mesh.GetNumberOfCells()
 

@@ -7,14 +7,12 @@
 # 2. test sets that training never touches: RUN/phantoms_test (12 cases, seeds 2900.., same styles),
 #    RUN/phantoms_narrow_neck (8 cases, seeds 3000.., every one with the held-out style);
 # 3. stage 1, from scratch: small preset on RUN/phantoms, 4 500 steps (RUN/nudf_stage1.pt);
-# 4. stage 2, fine-tuning (nudf train --init): stage 1's weights on all 180 phantoms, 1 500 steps at a lower
+# 4. stage 2, fine-tuning (nudf train --init): stage 1's weights on all 180 phantoms, 2 400 steps at a lower
 #    learning rate (RUN/nudf_laa.pt, the bundled model).
-# INIT=MODEL skips stage 1 and fine-tunes MODEL instead; STAGE2_EPOCHS (default 10) sets stage 2's length.
-# The shipped weights were made that way, stage 2 three times, each from the previous result, as the generator
-# grew: from the model bundled before the phantoms had a thin appendage wall (trained as stage 1 on the same
-# seeds); then with the pectinate band and the edge fix (16 epochs, bundled at 8ed776b); then with the broad
-# edges of non-gated CT and the LV pressed against the appendage (10 epochs, from the weights of 5488843):
-#   git show 5488843:NUDFCore/models/nudf_laa.pt > runs/previous.pt && INIT=runs/previous.pt make model
+# INIT=MODEL skips stage 1 and fine-tunes MODEL instead. The shipped weights were made that way, stage 2 twice:
+# from the model bundled before the phantoms had a thin appendage wall (trained as stage 1 on the same seeds),
+# then, once the phantoms had the pectinate band and the edge fix, from that result (bundled at 8ed776b):
+#   git show 8ed776b:NUDFCore/models/nudf_laa.pt > runs/previous.pt && INIT=runs/previous.pt make model
 # Stop it at any time and run it again: phantoms are kept and training resumes from the stage's .last.pt.
 set -euo pipefail
 shopt -s nullglob
@@ -53,5 +51,4 @@ for d in "$RUN"/phantoms/case_* "$RUN"/phantoms_extra/case_*; do
 done
 START=(--init "$INIT" --force)
 [ -f "$RUN/nudf_laa.last.pt" ] && START=(--resume)
-"$NUDF" train --data "$RUN/phantoms_all" --out "$RUN/nudf_laa.pt" --epochs "${STAGE2_EPOCHS:-10}" --lr 3e-4 \
-  "${COMMON[@]}" "${START[@]}"
+"$NUDF" train --data "$RUN/phantoms_all" --out "$RUN/nudf_laa.pt" --epochs 16 --lr 3e-4 "${COMMON[@]}" "${START[@]}"
