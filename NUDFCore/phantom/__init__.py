@@ -43,9 +43,9 @@ How a case is made
   bones, fat, walls, blood, LAA opacification, filling defect, trabeculae), each blended with a smooth step
   of its SDF whose width matches the PSF (sigma 0.4-1.1 mm for sharp to soft kernels; 1.1-2.0 mm in a
   quarter of the cases, the edges smeared by the beating heart in non-gated chest CT) plus in-plane voxel
-  averaging, so a structure's edge
-  (50 % level) sits exactly at SDF = 0 where nothing is painted over it; the layers that change the LAA's
-  blood (opacification, filling defect) add to the blood layer instead of blending on its edge again.
+  averaging, so a structure's edge (50 % level) sits exactly at SDF = 0 where nothing is painted over it;
+  the layers that change the LAA's blood (opacification, filling defect) add to the blood layer instead of
+  blending on its edge again.
   Thick slices get an extra blur along the slice axis; artefacts (streaks, slab steps, motion blur) change
   intensities, never edges.
   Background layers (body, lungs, bones) are drawn on a ~1.5 mm grid and upsampled. Correlated noise
