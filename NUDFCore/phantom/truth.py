@@ -194,26 +194,20 @@ def _clear_laa_neighbours(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float 
     return None
 
 
-def _press_lv_against_laa(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float = 15.0) -> float:
+def _press_lv_against_laa(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float = 15.0) -> None:
     """Style "tight_neighbours": move the LV until its free wall reaches ``an.lv_press_mm`` into the LAA.
 
     In many patients the appendage lies on the LV free wall with no fat between them, so on that side the
     cavity's edge is blood against myocardium. The LAA blood is painted over the LV muscle, so the cavity
-    (and the ground truth) is unchanged; the LV blood stays ``an.min_gap_mm`` away. Returns how far the LV
-    moved: 0, with ``an.lv_press_mm`` set to None, where it lies farther than ``max_shift_mm`` or pressing
-    would bring its blood too close.
+    (and the ground truth) is unchanged; the LV blood stays ``an.min_gap_mm`` away. Where the LV lies farther
+    than ``max_shift_mm`` or pressing would bring its blood too close, it stays put and ``an.lv_press_mm``
+    becomes None.
     """
     if an.lv_press_mm is None:
-        return 0.0
+        return
     sub = gt_pts[:: max(1, len(gt_pts) // 4000)]
-    myo, lv_blood = an.fields["lv_myo"], an.fields["lv"]
+    myo = an.fields["lv_myo"]
     moved = np.zeros(3)
-
-    def move(v: np.ndarray) -> None:
-        nonlocal moved
-        _translate_fields(an, _MOVABLE["lv"], v)
-        moved = moved + v
-
     for _ in range(6):
         v = myo.eval_points(sub)
         worst = int(np.argmin(v))
@@ -221,13 +215,14 @@ def _press_lv_against_laa(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float 
         if abs(err) < 0.2:
             break
         _, g = _value_and_gradient(myo, sub[worst:worst + 1])
-        move(err * _unit(g[0]))  # the field grows away from the LV: along +g is toward the appendage
+        step = err * _unit(g[0])  # the field grows away from the LV: along +g is toward the appendage
+        _translate_fields(an, _MOVABLE["lv"], step)
+        moved = moved + step
         if float(np.linalg.norm(moved)) > max_shift_mm:
             break
-    if float(np.linalg.norm(moved)) > max_shift_mm or float(lv_blood.eval_points(sub).min()) < an.min_gap_mm:
-        move(-moved)
+    if float(np.linalg.norm(moved)) > max_shift_mm or float(an.fields["lv"].eval_points(sub).min()) < an.min_gap_mm:
+        _translate_fields(an, _MOVABLE["lv"], -moved)
         an.lv_press_mm = None
-    return float(np.linalg.norm(moved))
 
 
 def polydata_boundary_ids(triangles: np.ndarray) -> np.ndarray:
