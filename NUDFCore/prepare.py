@@ -185,6 +185,15 @@ class _Sub:
     dropped_voxels: int
 
 
+def _default_mesh_step(labels: Volume) -> float:
+    return float(np.clip(labels.spacing.min(), *MESH_STEP_RANGE_MM))
+
+
+def _margin(sigma_vox: float) -> int:
+    """Voxels kept around a label: room for its blur and the marching-cubes border."""
+    return int(np.ceil(3 * sigma_vox)) + 3
+
+
 def _sub_volume(labels: Volume, laa_label: int, margin: int) -> _Sub:
     """Crop around the LAA label with ``margin`` voxels (zero-padded beyond the image) and keep its largest part."""
     full = labels.array
@@ -249,6 +258,20 @@ def closed_laa_surface(labels: Volume, sub: _Sub, sigma_vox: float, step_mm: flo
     if _signed_volume(points, faces) < 0:
         faces = faces[:, ::-1]
     return keep_largest_component(make_polydata(points, faces))
+
+
+def closed_label_surface(labels: Volume, label: int, sigma_vox: float = SIGMA_VOX,
+                         mesh_step_mm: float | None = None) -> vtk.vtkPolyData:
+    """The closed smooth surface (LPS, normals outward) of any one label's largest part, made as the LAA's is.
+
+    For measuring a label map's own conventions on other structures (e.g. where it draws a vessel's wall).
+    """
+    if not (labels.array == int(label)).any():
+        raise InputError(f"The label {int(label)} is not in the label map.")
+    if mesh_step_mm is None:
+        mesh_step_mm = _default_mesh_step(labels)
+    sub = _sub_volume(labels, int(label), _margin(sigma_vox))
+    return closed_laa_surface(labels, sub, sigma_vox, mesh_step_mm)
 
 
 def _sample(field: np.ndarray, kji: np.ndarray) -> np.ndarray:
@@ -364,12 +387,11 @@ def prepare_case(
             raise InputError(f"The atrium label {atrium_label} is not in the label map.")
     plane = None if ostium_plane_lps is None else parse_plane(ostium_plane_lps)
     if mesh_step_mm is None:
-        mesh_step_mm = float(np.clip(labels.spacing.min(), *MESH_STEP_RANGE_MM))
+        mesh_step_mm = _default_mesh_step(labels)
     if not mesh_step_mm > 0:
         raise InputError(f"mesh_step_mm must be positive; got {mesh_step_mm}.")
 
-    margin = int(np.ceil(3 * sigma_vox)) + 3
-    sub = _sub_volume(labels, laa_label, margin)
+    sub = _sub_volume(labels, laa_label, _margin(sigma_vox))
     closed = closed_laa_surface(labels, sub, sigma_vox, mesh_step_mm)
     laa_kji = np.argwhere(sub.laa).astype(float)
     laa_centroid = _sub_index_to_lps(labels, sub, laa_kji.mean(axis=0, keepdims=True))[0]

