@@ -186,6 +186,7 @@ class _Sub:
 
 
 def _default_mesh_step(labels: Volume) -> float:
+    """The marching-cubes step: the finest spacing, kept within :data:`MESH_STEP_RANGE_MM`."""
     return float(np.clip(labels.spacing.min(), *MESH_STEP_RANGE_MM))
 
 
@@ -233,8 +234,8 @@ def _signed_volume(points: np.ndarray, triangles: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
-def closed_laa_surface(labels: Volume, sub: _Sub, sigma_vox: float, step_mm: float) -> vtk.vtkPolyData:
-    """The closed, smooth LAA surface (LPS, normals out of the cavity) of the sub-volume's LAA mask.
+def _closed_surface(labels: Volume, sub: _Sub, sigma_vox: float, step_mm: float) -> vtk.vtkPolyData:
+    """The closed, smooth surface (LPS, normals out of the cavity) of the sub-volume's mask (``sub.laa``).
 
     Zero level of the label's signed distance (mm, positive inside), blurred by ``sigma_vox`` × the finest
     spacing in mm along every axis and resampled with cubic splines on a ``step_mm`` grid.
@@ -271,7 +272,7 @@ def closed_label_surface(labels: Volume, label: int, sigma_vox: float = SIGMA_VO
     if mesh_step_mm is None:
         mesh_step_mm = _default_mesh_step(labels)
     sub = _sub_volume(labels, int(label), _margin(sigma_vox))
-    return closed_laa_surface(labels, sub, sigma_vox, mesh_step_mm)
+    return _closed_surface(labels, sub, sigma_vox, mesh_step_mm)
 
 
 def _sample(field: np.ndarray, kji: np.ndarray) -> np.ndarray:
@@ -392,7 +393,7 @@ def prepare_case(
         raise InputError(f"mesh_step_mm must be positive; got {mesh_step_mm}.")
 
     sub = _sub_volume(labels, laa_label, _margin(sigma_vox))
-    closed = closed_laa_surface(labels, sub, sigma_vox, mesh_step_mm)
+    closed = _closed_surface(labels, sub, sigma_vox, mesh_step_mm)
     laa_kji = np.argwhere(sub.laa).astype(float)
     laa_centroid = _sub_index_to_lps(labels, sub, laa_kji.mean(axis=0, keepdims=True))[0]
     contact_voxels = None

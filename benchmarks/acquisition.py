@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     for case in cases:
         dst = tmp / case.case_dir.name
         dst.mkdir(parents=True)
-        img = reacquire(sitk.ReadImage(str(case.case_dir / "ct.nii.gz")), spacing, args.slice_fwhm, args.blur_mm)
+        ct = sitk.ReadImage(str(case.case_dir / "ct.nii.gz"))
+        img = reacquire(ct, spacing, args.slice_fwhm, args.blur_mm)
         sitk.WriteImage(img, str(dst / "ct.nii.gz"), True)
         shutil.copy2(case.case_dir / "laa.vtp", dst / "laa.vtp")
         meta = json.loads((case.case_dir / "meta.json").read_text())

@@ -137,7 +137,8 @@ def label_convention(ct, labels, label_ids: dict[str, int], offsets_mm: np.ndarr
     out = {}
     for name, label in label_ids.items():
         if (labels.array == label).any():
-            out[name] = half_way_crossing(offsets_mm, hu_profile(ct, closed_label_surface(labels, label), offsets_mm))
+            profile = hu_profile(ct, closed_label_surface(labels, label), offsets_mm)
+            out[name] = half_way_crossing(offsets_mm, profile)
     return out
 
 
@@ -160,7 +161,8 @@ def missed_breakdown(ct, labels, gt_lps, pred_lps, neighbour_label: int, n: int 
                        ("missed (>= 2 mm)", d >= 2.0)):
         if part.any():
             hu = {o: float(np.median(sample_hu(ct, pts[part] + o * nrm[part]))) for o in (-2.0, 0.0, 2.0, 4.0)}
-            rows.append({"part": name, "share": float(part.mean()), "hu": hu, "neighbour_beyond": float(beyond[part].mean())})
+            rows.append({"part": name, "share": float(part.mean()), "hu": hu,
+                         "neighbour_beyond": float(beyond[part].mean())})
     return rows
 
 
@@ -234,8 +236,8 @@ def main(argv=None) -> int:
     print("The label surface by its distance to the prediction (median HU at -2 / 0 / +2 / +4 mm outward; "
           "share with the heart label 4 mm outside):")
     for r in parts:
-        print(f"  {r['part']:17s} {100 * r['share']:4.0f} %  HU " + " / ".join(f"{v:.0f}" for v in r["hu"].values())
-              + f"  heart beyond {100 * r['neighbour_beyond']:.0f} %")
+        hu = " / ".join(f"{v:.0f}" for v in r["hu"].values())
+        print(f"  {r['part']:17s} {100 * r['share']:4.0f} %  HU {hu}  heart beyond {100 * r['neighbour_beyond']:.0f} %")
     record["label_convention_mm"] = vessels
     record["label_surface_parts"] = parts
     (args.json or out / "metrics.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
