@@ -85,3 +85,10 @@ def test_a_set_is_copied_never_overwritten(tmp_path, capsys):
     else:
         raise AssertionError("an existing --out must be refused")
     assert "exists" in capsys.readouterr().err
+    try:
+        main(["--set", str(tmp_path / "no_such_set"), "--out", str(tmp_path / "other")])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("a missing --set must be refused")
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "other").exists()

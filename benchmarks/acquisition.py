@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     import SimpleITK as sitk
 
     from NUDFCore.data import list_cases
+    from NUDFCore.errors import NUDFError
 
     try:
         spacing = tuple(float(v) for v in args.spacing.split(","))
@@ -73,7 +74,10 @@ def main(argv=None) -> int:
         p.error("--slice-fwhm and --blur-mm must be ≥ 0")
     if args.out.exists():
         p.error(f"{args.out} exists; choose a new folder (nothing is overwritten)")
-    cases = list_cases(args.set)
+    try:
+        cases = list_cases(args.set)
+    except NUDFError as exc:
+        p.error(f"--set {args.set}: {exc}")
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     for case in cases:
