@@ -8,9 +8,10 @@ truth stay the same; only the CT changes.
 
 For each case: every CT axis is blurred by a Gaussian (``--slice-fwhm`` across slices: the slice sensitivity
 profile of a reconstruction with that slice thickness; ``--blur-mm`` sigma in-plane, on top of the case's own
-PSF), then resampled linearly onto ``--spacing`` (same origin, directions and physical extent). The ground-truth
-mesh is copied, ``meta.json`` gets the new grid and an ``acquisition`` record; cached training samples are not
-copied (a re-acquired set is for testing). Example::
+PSF), then resampled linearly onto ``--spacing`` (same origin, directions and physical extent). The CT is read in
+any format the dataset reader takes and written as ``ct.nii.gz``; the ground-truth mesh is copied, ``meta.json``
+gets the new grid and an ``acquisition`` record; cached training samples are not copied (a re-acquired set is for
+testing). Example::
 
     python benchmarks/acquisition.py --set runs/v4/phantoms_test --out runs/v4/phantoms_test_chest \\
         --spacing 0.7,0.7,2.5 --slice-fwhm 2.5
@@ -51,7 +52,7 @@ def reacquire(image, spacing_ijk: tuple[float, float, float], slice_fwhm_mm: flo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", type=Path, required=True, help="a folder of case folders (ct.nii.gz, laa.vtp, meta.json)")
+    p.add_argument("--set", type=Path, required=True, help="a folder of case folders (a CT, an LAA mesh, meta.json)")
     p.add_argument("--out", type=Path, required=True, help="new folder for the re-acquired copy (must not exist)")
     p.add_argument("--spacing", default="0.7,0.7,2.5", help="new voxel spacing i,j,k in mm (default 0.7,0.7,2.5)")
     p.add_argument("--slice-fwhm", type=float, default=2.5,
@@ -83,10 +84,9 @@ def main(argv=None) -> int:
     for case in cases:
         dst = tmp / case.case_dir.name
         dst.mkdir(parents=True)
-        ct = sitk.ReadImage(str(case.case_dir / "ct.nii.gz"))
-        img = reacquire(ct, spacing, args.slice_fwhm, args.blur_mm)
+        img = reacquire(case.load_volume().to_sitk(), spacing, args.slice_fwhm, args.blur_mm)
         sitk.WriteImage(img, str(dst / "ct.nii.gz"), True)
-        shutil.copy2(case.case_dir / "laa.vtp", dst / "laa.vtp")
+        shutil.copy2(case.mesh_path, dst / case.mesh_path.name)
         meta = json.loads((case.case_dir / "meta.json").read_text())
         meta["acquisition"] = {"from": str(case.case_dir), "original_spacing": meta.get("spacing"),
                                "original_size_ijk": meta.get("size_ijk"), "slice_fwhm_mm": args.slice_fwhm,

@@ -108,8 +108,7 @@ def outward_samples(surface_lps, n: int = 2000, seed: int = 0) -> tuple[np.ndarr
     nrm = meshtools.vertex_normals(pts, polydata_triangles(surface_lps))
     pick = np.random.default_rng(seed).choice(len(pts), min(n, len(pts)), replace=False)
     pts, nrm = pts[pick], nrm[pick]
-    closed = surface_lps if not meshtools.boundary_loops(surface_lps) else meshtools.capped(surface_lps)
-    inward = meshtools.inside_closed(closed, pts + 1.0 * nrm)
+    inward = meshtools.inside_closed(meshtools.capped(surface_lps), pts + 1.0 * nrm)  # a closed one stays as is
     nrm[inward] *= -1.0
     return pts, nrm
 
