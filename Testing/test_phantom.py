@@ -443,3 +443,44 @@ def test_tight_neighbours_press_the_lv_free_wall_against_the_appendage(seed):
     assert np.mean(myo < 0.5) > 0.03  # a patch of the appendage lies on the LV wall, not a point
     assert float(an.fields["lv"].eval_points(sub).min()) >= an.min_gap_mm
     np.testing.assert_array_equal(gt.points, gt_plain.points)
+
+
+def test_a_style_added_later_leaves_every_earlier_draw_of_the_seed():
+    """Styles added after the first release (``septum``) take their uniforms from a generator of their own:
+    the first-release styles and every later draw of the case's generator keep their values."""
+    first = list(phantom.STYLES)[:8]
+    assert "septum" in phantom.STYLES and "septum" not in first
+    for s in range(40):
+        a, b = np.random.default_rng(s), np.random.default_rng(s)
+        drawn = phantom.draw_styles(a, phantom.STYLES)
+        u = b.random(8)
+        old = {name for name, x in zip(first, u) if x < phantom.STYLES[name]}
+        if {"wide_mouth", "narrow_neck"} <= old:
+            old.discard("narrow_neck")
+        assert drawn - {"septum"} == old
+        assert a.random() == b.random()
+
+
+@pytest.mark.parametrize("seed", [4, 11])
+def test_septum_pools_lie_on_the_appendage_across_a_thin_septum(seed):
+    """Style "septum": other blood pools against a patch of the appendage, their blood 1.2-3.5 mm from the
+    cavity; the CT along the normal goes blood, dip, blood; the ground truth and the rest of the case stay."""
+    only = phantom.style_probabilities(exclude=[s for s in phantom.STYLES if s != "septum"], only=["septum"])
+    with_pool = phantom.generate_case(seed, size="compact", styles=only)
+    plain = phantom.generate_case(seed, size="compact", styles=PLAIN)
+    pools = with_pool.meta["septum_pools"]
+    assert with_pool.meta["styles"] == ["septum"] and plain.meta["septum_pools"] == [] and pools
+    assert all(1.0 <= p["septum_mm"] <= 4.5 and p["kind"] in ("sheet", "vessel", "chamber") for p in pools), pools
+    np.testing.assert_array_equal(io.polydata_points(with_pool.mesh_lps), io.polydata_points(plain.mesh_lps))
+    # the pool changed the CT outside the cavity only: 1 mm inside the wall the two CTs agree
+    pts, normals, _ = _depth_past_ostium(plain)
+    inside = pts - 1.0 * normals
+    hu = plain.meta["hu"]
+    diff = np.abs(_sample_ct(with_pool.volume, inside) - _sample_ct(plain.volume, inside))
+    assert np.percentile(diff, 99) < 0.1 * (hu["blood"] - hu["fat"]), np.percentile(diff, 99)
+    # a patch of the appendage (not a point) has blood again beyond a dip
+    beyond = _sample_ct(with_pool.volume, pts + 4.5 * normals) - _sample_ct(plain.volume, pts + 4.5 * normals)
+    patch = beyond > 0.5 * (hu["blood"] - hu["fat"])
+    assert patch.mean() > 0.03, patch.mean()
+    profile = [np.median(_sample_ct(with_pool.volume, pts[patch] + t * normals[patch])) for t in (-1.5, 1.0, 4.5)]
+    assert profile[1] < profile[0] - 50 and profile[1] < profile[2] - 50, profile

@@ -29,8 +29,8 @@ How a case is made
 * **Domain randomisation** (:mod:`.styles`): everything that does not define the LAA varies per case --
   every tissue's HU (blood pool 150-650 HU), noise, PSF, slices, and named styles drawn independently:
   inhomogeneous opacification, trabeculae inside the cavity (with the dim band of unresolved pectinate
-  muscles along the wall), mouth shapes, lobulated LA, close
-  neighbours, artefacts, thick slices. A style can be held out of a training set or forced in a test set.
+  muscles along the wall), mouth shapes, lobulated LA, close neighbours, other blood pools across a thin
+  septum, artefacts, thick slices. A style can be held out of a training set or forced in a test set.
 * **Ostium plane**: tangent to the LA ellipsoid at the attachment point, pushed 1.5-3 mm outwards. The LA
   ellipsoid is convex, so it lies entirely on the LA side; the LAA is kept on the appendage side.
 * **Ground truth** is the LAA **cavity wall** (the endocardial envelope; trabeculae and contrast pockets
@@ -85,8 +85,8 @@ from .anatomy import MORPHOLOGIES, _Anatomy, _Reject, _sample_anatomy
 from .render import _render_ct
 from .sdf import _random_rotation
 from .styles import STYLES, draw_styles, style_probabilities
-from .truth import (_GroundTruth, _clear_laa_neighbours, _marching_cubes_gt, _press_lv_against_laa,
-                    polydata_boundary_ids)
+from .truth import (_GroundTruth, _clear_laa_neighbours, _marching_cubes_gt, _place_septum_pools,
+                    _press_lv_against_laa, polydata_boundary_ids)
 
 #: Clinical prevalence of the families (Di Biase et al., JACC 2012), for reference and for callers who
 #: want clinically weighted datasets (``generate_case(..., morphology_weights=CLINICAL_PREVALENCE)``).
@@ -211,6 +211,8 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
         {"depth_mm": round(an.band.depth_mm, 3), "frac": round(an.band.frac, 3),
          "patchiness": round(an.band.patchiness, 3)},
         "lv_press_mm": None if an.lv_press_mm is None else round(an.lv_press_mm, 3),
+        "septum_pools": [{"kind": pool["kind"], "septum_mm": round(pool["gap_mm"], 3), "hu": round(pool["hu"], 2)}
+                         for pool in an.septum_pools],
         "filling_defect": an.laa.defect is not None,
         "filling_defect_lps": None if an.laa.defect is None else
         {"center": to_lps(an.laa.defect[0]).tolist(), "radius_mm": round(float(an.laa.defect[1]), 3)},
@@ -295,6 +297,7 @@ def _draw_anatomy(rng: np.random.Generator, morph: str, seed: int = -1,
         touching = _clear_laa_neighbours(an, gt.points)
         if touching is None:
             _press_lv_against_laa(an, gt.points)
+            _place_septum_pools(an, gt.points)
             return an, gt, reasons
         reasons.append(f"the {touching} touches the LAA")
     raise NUDFError(f"phantom seed {seed}: no valid LAA after 40 draws ({'; '.join(reasons[-3:])}).")

@@ -157,6 +157,8 @@ class _Anatomy:
     lv_press_mm: float | None = None   # style "tight_neighbours": the LV free wall pressed this deep into the LAA
     laa_blood: _Paint | None = None    # LAA blood: inhomogeneous opacification ("mixing"), pectinate band
     band: "_PectinateBand | None" = None  # the pectinate band (style "trabeculae")
+    septum_rng: np.random.Generator | None = None  # style "septum": draws of the pools placed by truth.py
+    septum_pools: list[dict] = field(default_factory=list)  # style "septum": {field, hu, wall_mm, gap_mm, kind}
 
 
 def _chain(points: np.ndarray, radius: Callable[[float], float], k: float, fld: Field) -> list[Primitive]:
@@ -485,6 +487,8 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
     groove_mm, fat_mm, laa_fat_mm = tn.uniform(1.5, 4.0), tn.uniform(0.3, 2.0), tn.uniform(0.2, 1.5)
     # how deep the LV free wall presses into the appendage's side (drawn after the others: they keep their values)
     lv_press_mm = float(tn.uniform(0.0, 4.0))
+    # style "septum": its own generator, drawn last and whatever the styles (every draw above keeps its value)
+    septum_seed = int(tn.integers(2 ** 62))
     walls = {"la": float(rng.uniform(1.0, 3.0)), "lv": float(rng.uniform(8, 12)), "rv": float(rng.uniform(2.5, 4.0)),
              "ra": float(rng.uniform(1.5, 2.5)), "aorta": float(rng.uniform(1.5, 2.5)),
              "pa": float(rng.uniform(1.2, 2.0)), "pv": float(rng.uniform(0.8, 1.5)), "cava": 1.5}
@@ -670,7 +674,8 @@ def _sample_anatomy(rng: np.random.Generator, morphology: str, styles: frozenset
                     heart_center=heart_c, la_center=la.center,
                     blood_fields=["pv", "lv", "rv", "ra", "svc", "ivc", "aorta", "pa", "coronary"],
                     styles=frozenset(styles), min_gap_mm=1.2 if tight else 2.2, laa_blood=laa_blood,
-                    band=band, lv_press_mm=lv_press_mm if tight else None)
+                    band=band, lv_press_mm=lv_press_mm if tight else None,
+                    septum_rng=np.random.default_rng(septum_seed) if "septum" in styles else None)
 
 
 def _add_la_lobes(rng: np.random.Generator, la: Ellipsoid, laa: _LAA, fld: Field) -> None:

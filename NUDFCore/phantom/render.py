@@ -106,6 +106,7 @@ def _heart_paints(an: _Anatomy) -> list[_Paint]:
         _Paint(F["pv"], hu["myocardium"], offset=w["pv"]),
         _Paint(F["la_body"], hu["myocardium"], offset=w["la"]),
         _Paint(F["la"], hu["myocardium"], offset=w["laa"]),
+        *(_Paint(F[pool["field"]], hu["myocardium"], offset=pool["wall_mm"]) for pool in an.septum_pools),
         _Paint(F["lv"], hu["blood"]),
         _Paint(F["rv"], hu["blood_right"]),
         _Paint(F["ra"], hu["blood_right"]),
@@ -114,6 +115,7 @@ def _heart_paints(an: _Anatomy) -> list[_Paint]:
         _Paint(F["pa"], hu["blood_right"]),
         _Paint(F["aorta"], hu["blood"]),
         _Paint(F["pv"], hu["blood"]),
+        *(_Paint(F[pool["field"]], pool["hu"]) for pool in an.septum_pools),
         _Paint(F["la"], hu["blood"]),
         _Paint(F["coronary"], hu["blood"]),
     ]

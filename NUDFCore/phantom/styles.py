@@ -33,6 +33,11 @@ Styles
     Neighbours (LCx, pulmonary artery, LV free wall, left superior pulmonary vein) close to the LAA with
     thin or no fat planes; the LV is moved until its free wall presses 0-4 mm into the appendage's side, so
     there the cavity's blood meets myocardium with no fat between (the cavity itself is unchanged).
+``septum``
+    One or two other contrast-filled pools (a vessel such as the left superior pulmonary vein or the pulmonary
+    artery, or a chamber such as a fold of the LA body) lying against the appendage across a thin septum of
+    wall and fat (1.2-3.5 mm from the cavity's blood to theirs), as the real appendage lies on its
+    neighbours: beyond the cavity wall the HU dips, then rises to blood again. The cavity is unchanged.
 ``artefacts``
     Streaks from dense contrast, slab-to-slab intensity steps and motion blur of whole slabs.
 ``thick_slices``
@@ -62,7 +67,12 @@ STYLES: dict[str, float] = {
     "tight_neighbours": 0.35,
     "artefacts": 0.35,
     "thick_slices": 0.25,
+    "septum": 0.35,
 }
+
+#: The styles of the first release draw their uniforms from the case's generator itself; styles added since
+#: draw theirs from a generator seeded by those draws, so adding a style changed no existing seed's case.
+_FIRST_RELEASE_STYLES = 8
 
 
 def style_probabilities(exclude: Iterable[str] = (), only: Iterable[str] = (),
@@ -90,7 +100,9 @@ def style_probabilities(exclude: Iterable[str] = (), only: Iterable[str] = (),
 
 def draw_styles(rng: np.random.Generator, probs: Mapping[str, float]) -> frozenset[str]:
     """The styles of one case: one uniform draw per style, in a fixed order, whatever the probabilities."""
-    u = rng.random(len(STYLES))
+    u = rng.random(_FIRST_RELEASE_STYLES)
+    later = np.random.default_rng(np.frombuffer(u.tobytes(), dtype=np.uint32))
+    u = np.concatenate([u, later.random(len(STYLES) - _FIRST_RELEASE_STYLES)])
     drawn = {name for name, x in zip(STYLES, u) if x < float(probs.get(name, 0.0))}
     if {"wide_mouth", "narrow_neck"} <= drawn:  # exclusive: a forced one wins, else the wide mouth
         drawn.discard("wide_mouth" if float(probs.get("narrow_neck", 0.0)) >= 1.0 else "narrow_neck")

@@ -8,7 +8,8 @@ import numpy as np
 from .. import meshtools
 from ..io import make_polydata, polydata_points, polydata_triangles
 from .anatomy import _Anatomy, _Reject, _laa_clear_of_plane
-from .sdf import Field, _BIG, _MC_SPACING_MM, _Grid, _eval_field_grid, _translate, _unit
+from .sdf import (Ellipsoid, Field, RoundCone, Within, _BIG, _MC_SPACING_MM, _Grid, _eval_field_grid,
+                  _random_rotation, _translate, _unit)
 
 
 @dataclass
@@ -223,6 +224,92 @@ def _press_lv_against_laa(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float 
     if float(np.linalg.norm(moved)) > max_shift_mm or float(an.fields["lv"].eval_points(sub).min()) < an.min_gap_mm:
         _translate_fields(an, _MOVABLE["lv"], -moved)
         an.lv_press_mm = None
+
+
+def _pool_surface_points(prims: list, rng: np.random.Generator, n: int = 600) -> np.ndarray:
+    """Points on the surface of a pool made of round cones or ellipsoids (where its blood ends)."""
+    out = []
+    for prim in prims:
+        u = rng.normal(size=(n, 3))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        if isinstance(prim, Ellipsoid):
+            out.append(prim.center + (u * prim.radii) @ prim.rot.T)
+        else:  # round cone: spheres along its axis
+            t = rng.random((n, 1))
+            out.append(prim.a + t * (prim.b - prim.a) + u * (prim.ra + t * (prim.rb - prim.ra)))
+    return np.concatenate(out)
+
+
+def _place_septum_pools(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float = 10.0) -> None:
+    """Style "septum": one or two other blood pools against the appendage, across a thin septum.
+
+    In real scans the appendage often lies on another contrast-filled structure (the left superior pulmonary
+    vein at the ridge, a fold of the LA body, the pulmonary artery, a second lobe): beyond the cavity wall
+    the HU dips over 1-3.5 mm of wall and fat, then rises to blood again. Each pool is drawn outside a random
+    point of the appendage, its blood a septum (1.2-3.5 mm) from the LA and LAA cavity, so the cavity and
+    the ground truth are unchanged. It is a *sheet* that follows the cavity's own shape over a patch
+    8-16 mm in radius (3-10 mm deep; a long contact, as a vein or a fold lying along the appendage), a
+    *vessel* (a bent tube, radius 4-9 mm) or a *chamber* (an ellipsoid, 8-18 mm radii); the last two are
+    pushed out along the normal until no point of their blood is closer than the septum, and dropped if
+    that takes more than ``max_shift_mm``.
+    """
+    rng = an.septum_rng
+    if rng is None:
+        return
+    cav = an.fields["la"]
+    o, n_os = an.laa.ostium_point, an.laa.ostium_normal
+    sub = gt_pts[:: max(1, len(gt_pts) // 4000)]
+    cand = sub[(sub - o) @ n_os > 3.0]
+    if len(cand) == 0:
+        return
+    for i in range(int(rng.integers(1, 3))):
+        p = cand[int(rng.integers(len(cand)))]
+        _, g = _value_and_gradient(cav, p[None])
+        nrm = _unit(g[0])
+        gap = float(rng.uniform(1.2, 3.5))
+        wall = float(rng.uniform(0.6, min(2.0, gap - 0.3)))
+        hu = float(an.hu["blood_right"] if rng.random() < 0.3 else an.hu["blood"] * rng.uniform(0.85, 1.1))
+        fld = Field()
+        u = float(rng.random())
+        if u < 0.5:
+            kind, depth, radius = "sheet", float(rng.uniform(3.0, 10.0)), float(rng.uniform(8.0, 16.0))
+            fld.union(Ellipsoid(p + nrm * (gap + 0.5 * depth), (radius, radius, radius)))
+            fld.intersect(Within(cav, gap + depth), 1.0)
+            fld.subtract(Within(cav, gap), 1.0)  # smooth subtraction only widens the septum
+            closest = gap
+        else:
+            if u < 0.8:
+                kind, r = "vessel", float(rng.uniform(4.0, 9.0))
+                t = _unit(np.cross(nrm, rng.normal(size=3)))
+                half = 0.5 * float(rng.uniform(25.0, 45.0))
+                c = p + nrm * (gap + r)
+                pts = np.array([c - half * t + rng.normal(0, 3, 3), c, c + half * t + rng.normal(0, 3, 3)])
+                prims = [RoundCone(pts[k], pts[k + 1], r) for k in range(2)]
+            else:
+                kind = "chamber"
+                rot = _random_rotation(rng, 180)
+                radii = rng.uniform(8.0, 18.0, 3)
+                support = float(np.linalg.norm(radii * (rot.T @ nrm)))
+                prims = [Ellipsoid(p + nrm * (gap + support), radii, rot)]
+            moved = 0.0
+            for _ in range(8):
+                closest = float(cav.eval_points(_pool_surface_points(prims, rng)).min())
+                if closest >= gap - 0.2:
+                    break
+                step = gap - closest + 0.2
+                moved += step
+                for prim in prims:
+                    _translate(prim, step * nrm)
+            else:
+                continue
+            if moved > max_shift_mm:
+                continue
+            for k, prim in enumerate(prims):
+                fld.union(prim, 2.0 if k else 0.0)
+        an.env.union(Within(fld, wall + 1.0), 4.0)  # the pool sits in the epicardial fat, as the heart does
+        name = f"septum_pool_{i}"
+        an.fields[name] = fld
+        an.septum_pools.append({"field": name, "hu": hu, "wall_mm": wall, "gap_mm": closest, "kind": kind})
 
 
 def polydata_boundary_ids(triangles: np.ndarray) -> np.ndarray:
