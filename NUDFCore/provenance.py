@@ -33,21 +33,32 @@ FIELDS: tuple[str, ...] = (
 #: SegmentOptions fields that are not settings (callbacks) and so are not recorded.
 _NOT_RECORDED = {"progress", "cancel", "resolution_mm"}
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_cache: dict[tuple, str] = {}
+
+
+def content_sha256_prefix(path: str | os.PathLike) -> str:
+    """First :data:`SHA256_PREFIX_LENGTH` hex digits of the SHA-256 of a file's bytes, or of every file in a
+    folder (a DICOM series: names relative to it, then contents, in sorted order); cached per path, sizes and
+    modification times, so an unchanged file is read once."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    key = (str(p.resolve()), stats)
+    if key not in _hash_cache:
+        h = hashlib.sha256()
+        for f in files:
+            if p.is_dir():
+                h.update(f.relative_to(p).as_posix().encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        _hash_cache[key] = h.hexdigest()[:SHA256_PREFIX_LENGTH]
+    return _hash_cache[key]
 
 
 def model_sha256_prefix(path: str | os.PathLike) -> str:
-    """First :data:`SHA256_PREFIX_LENGTH` hex digits of the file's SHA-256 (cached per path, size and mtime)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _hash_cache:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _hash_cache[key] = h.hexdigest()[:SHA256_PREFIX_LENGTH]
-    return _hash_cache[key]
+    """First :data:`SHA256_PREFIX_LENGTH` hex digits of the model file's SHA-256 (see :func:`content_sha256_prefix`)."""
+    return content_sha256_prefix(path)
 
 
 def _plain(value: Any) -> Any:

@@ -27,6 +27,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError, NUDFError
 from .io import Volume, atomic_output, polydata_points, polydata_triangles
+from .provenance import content_sha256_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -614,7 +615,8 @@ def load_or_sample(case, *, n_points: int = 200_000, seed: int = 0, cache: bool 
     """The case's sample set, from ``case.case_dir/samples_<hash>.npz`` when present and sound.
 
     The hash covers the parameters (including ``options`` passed on to :func:`sample_case`), the GT mesh
-    content, the seed/ostium used, and the code versions, so a changed input never reuses a stale file.
+    content, the CT file's content (the hard negatives lie on its edges), the seed/ostium used, and the code
+    versions, so a changed input never reuses a stale file.
     A corrupt cache is regenerated (and overwritten).
     """
     mesh = case.load_mesh()
@@ -622,7 +624,7 @@ def load_or_sample(case, *, n_points: int = 200_000, seed: int = 0, cache: bool 
     o_c = np.asarray(case.ostium_center_lps, dtype=np.float64)
     o_n = np.asarray(case.ostium_normal_lps, dtype=np.float64)
     params = dict(
-        n_points=int(n_points), seed=int(seed), mesh=_mesh_fingerprint(mesh),
+        n_points=int(n_points), seed=int(seed), mesh=_mesh_fingerprint(mesh), ct=content_sha256_prefix(case.ct_path),
         seed_lps=seed_lps, ostium_center_lps=o_c, ostium_normal_lps=o_n,
         options={k: options[k] for k in sorted(options) if k != "progress"},
     )

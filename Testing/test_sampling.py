@@ -1,6 +1,7 @@
 """Training-point sampling: shape diameter, σ, exact distances, kind mix, hard negatives, determinism, cache."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from scipy import ndimage
 
 from NUDFCore import sampling
 from NUDFCore.errors import InputError
-from NUDFCore.io import Volume, make_polydata, polydata_points, polydata_triangles
+from NUDFCore.io import Volume, make_polydata, polydata_points, polydata_triangles, write_volume
 from NUDFCore.meshtools import clip_by_plane, face_normals
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -371,6 +372,8 @@ class FakeCase:
     def __init__(self, folder: Path):
         self.case_dir = folder
         self._vol, self._mesh, geom = scene(n=60)
+        self.ct_path = folder / "ct.nii.gz"
+        write_volume(self._vol, self.ct_path)
         self.seed_lps = np.array(geom["seed_lps"])
         self.ostium_center_lps = np.array(geom["ostium_center_lps"])
         self.ostium_normal_lps = np.array(geom["ostium_normal_lps"])
@@ -407,6 +410,12 @@ def test_cache_round_trip_and_corrupt_cache_regenerated(tmp_path):
         assert case.volume_loads == loads + 1
         np.testing.assert_array_equal(regen.points_lps, first.points_lps)
         np.testing.assert_array_equal(sampling.SampleSet.load(files[0]).distance_mm, first.distance_mm)
+    # A changed CT (its edges place the hard negatives) -> another file, not the stale one.
+    changed = dataclasses.replace(case._vol, array=case._vol.array + 1.0)
+    write_volume(changed, case.ct_path, overwrite=True)
+    loads = case.volume_loads
+    sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100, sd_max_faces=1000)
+    assert case.volume_loads == loads + 1 and len(list(tmp_path.glob("samples_*.npz"))) == 3
     # cache=False neither reads nor writes.
     files[0].unlink()
     sampling.load_or_sample(case, n_points=3000, seed=4, n_lumen=100, sd_max_faces=1000, cache=False)
