@@ -42,8 +42,8 @@ def content_sha256_prefix(path: str | os.PathLike) -> str:
     modification times, so an unchanged file is read once."""
     p = Path(path)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    key = (str(p.resolve()), stats)
+    stats = [(str(f), f.stat()) for f in files]
+    key = (str(p.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
     if key not in _hash_cache:
         h = hashlib.sha256()
         for f in files:

@@ -446,8 +446,8 @@ def test_tight_neighbours_press_the_lv_free_wall_against_the_appendage(seed):
 
 
 def test_a_style_added_later_leaves_every_earlier_draw_of_the_seed():
-    """Styles added after the first release (``septum``) take their uniforms from a generator of their own:
-    the first-release styles and every later draw of the case's generator keep their values."""
+    """Styles added after the first eight (``septum``) take their uniforms from a generator of their own: the
+    first eight styles and every later draw of the case's generator keep their values."""
     first = list(phantom.STYLES)[:8]
     assert "septum" in phantom.STYLES and "septum" not in first
     for s in range(40):

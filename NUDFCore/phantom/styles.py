@@ -70,9 +70,9 @@ STYLES: dict[str, float] = {
     "septum": 0.35,
 }
 
-#: The styles of the first release draw their uniforms from the case's generator itself; styles added since
-#: draw theirs from a generator seeded by those draws, so adding a style changed no existing seed's case.
-_FIRST_RELEASE_STYLES = 8
+#: The first eight styles draw their uniforms from the case's generator itself; styles added after them draw
+#: theirs from a generator seeded by those draws, so adding a style changed no existing seed's case.
+_STYLES_FROM_CASE_RNG = 8
 
 
 def style_probabilities(exclude: Iterable[str] = (), only: Iterable[str] = (),
@@ -100,9 +100,9 @@ def style_probabilities(exclude: Iterable[str] = (), only: Iterable[str] = (),
 
 def draw_styles(rng: np.random.Generator, probs: Mapping[str, float]) -> frozenset[str]:
     """The styles of one case: one uniform draw per style, in a fixed order, whatever the probabilities."""
-    u = rng.random(_FIRST_RELEASE_STYLES)
+    u = rng.random(_STYLES_FROM_CASE_RNG)
     later = np.random.default_rng(np.frombuffer(u.tobytes(), dtype=np.uint32))
-    u = np.concatenate([u, later.random(len(STYLES) - _FIRST_RELEASE_STYLES)])
+    u = np.concatenate([u, later.random(len(STYLES) - _STYLES_FROM_CASE_RNG)])
     drawn = {name for name, x in zip(STYLES, u) if x < float(probs.get(name, 0.0))}
     if {"wide_mouth", "narrow_neck"} <= drawn:  # exclusive: a forced one wins, else the wide mouth
         drawn.discard("wide_mouth" if float(probs.get("narrow_neck", 0.0)) >= 1.0 else "narrow_neck")
