@@ -211,7 +211,7 @@ def generate_case(seed: int, *, size: str = "full", morphology: str | None = Non
         {"depth_mm": round(an.band.depth_mm, 3), "frac": round(an.band.frac, 3),
          "patchiness": round(an.band.patchiness, 3)},
         "lv_press_mm": None if an.lv_press_mm is None else round(an.lv_press_mm, 3),
-        "septum_pools": [{"kind": pool["kind"], "septum_mm": round(pool["gap_mm"], 3), "hu": round(pool["hu"], 2)}
+        "septum_pools": [{"kind": pool["kind"], "septum_mm": round(pool["septum_mm"], 3), "hu": round(pool["hu"], 2)}
                          for pool in an.septum_pools],
         "filling_defect": an.laa.defect is not None,
         "filling_defect_lps": None if an.laa.defect is None else

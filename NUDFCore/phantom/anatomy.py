@@ -158,7 +158,7 @@ class _Anatomy:
     laa_blood: _Paint | None = None    # LAA blood: inhomogeneous opacification ("mixing"), pectinate band
     band: "_PectinateBand | None" = None  # the pectinate band (style "trabeculae")
     septum_rng: np.random.Generator | None = None  # style "septum": draws of the pools placed by truth.py
-    septum_pools: list[dict] = field(default_factory=list)  # style "septum": {field, hu, wall_mm, gap_mm, kind}
+    septum_pools: list[dict] = field(default_factory=list)  # style "septum": {field, hu, wall_mm, septum_mm, kind}
 
 
 def _chain(points: np.ndarray, radius: Callable[[float], float], k: float, fld: Field) -> list[Primitive]:

@@ -309,7 +309,7 @@ def _place_septum_pools(an: _Anatomy, gt_pts: np.ndarray, max_shift_mm: float = 
         an.env.union(Within(fld, wall + 1.0), 4.0)  # the pool sits in the epicardial fat, as the heart does
         name = f"septum_pool_{i}"
         an.fields[name] = fld
-        an.septum_pools.append({"field": name, "hu": hu, "wall_mm": wall, "gap_mm": closest, "kind": kind})
+        an.septum_pools.append({"field": name, "hu": hu, "wall_mm": wall, "septum_mm": closest, "kind": kind})
 
 
 def polydata_boundary_ids(triangles: np.ndarray) -> np.ndarray:
